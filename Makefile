@@ -1,0 +1,48 @@
+# dseek - build and test.
+#   make              ./dseek, optimized for this CPU (-march=native)
+#   make PORTABLE=1   no -march=native (any x86-64 / other CPU)
+#   make NO_OMP=1     without OpenMP
+#   make test         every test (tests/run_all.sh)
+#   make asan-test    every test under AddressSanitizer + UndefinedBehaviorSanitizer
+CC      ?= cc
+PKGS    := openblas libcjson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lopenblas -lcjson)
+OPT     ?= -O3
+ifeq ($(PORTABLE),1)
+ARCH    :=
+else
+ARCH    := -march=native
+endif
+ifeq ($(NO_OMP),1)
+OMP     :=
+else
+OMP     := -fopenmp
+endif
+CFLAGS  ?= $(OPT) $(ARCH)
+CFLAGS  += -std=c11 -Wall -Wextra -Iinclude $(OMP) $(PKG_CFLAGS)
+LDLIBS  := $(PKG_LIBS) -lm
+
+all: dseek tools/gen_ckpt
+
+dseek: src/main.c src/dseek.c include/dseek.h
+	$(CC) $(CFLAGS) -o $@ src/main.c src/dseek.c $(LDLIBS)
+
+tools/gen_ckpt: tools/gen_ckpt.c
+	$(CC) -O2 -std=c11 -Wall -Wextra -o $@ $< -lm
+
+test: all
+	bash tests/run_all.sh
+
+asan-test:
+	$(MAKE) clean
+	$(MAKE) all OPT="-O1 -g -fno-omit-frame-pointer" CFLAGS_EXTRA= \
+		CC="$(CC) -fsanitize=address,undefined -fno-sanitize-recover=undefined"
+	ASAN_OPTIONS=detect_leaks=1 bash tests/run_all.sh
+	$(MAKE) clean
+
+clean:
+	rm -f dseek tools/gen_ckpt
+	rm -rf build
+
+.PHONY: all test asan-test clean

@@ -1,0 +1,247 @@
+/* main.c - the dseek command line: logits, run.
+ * Every error is one line on stderr and a non-zero exit: 2 for bad files or arguments. */
+#include "dseek.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void die(const char *fmt, const char *a) {
+    fprintf(stderr, "dseek: ");
+    fprintf(stderr, fmt, a);
+    fputc('\n', stderr);
+    exit(2);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- argument parsing ---- */
+
+typedef struct {
+    const char *model;        /* -m DIR */
+    const char *tokens;       /* --tokens 0,5,7 */
+    const char *out;          /* -o FILE */
+    int decode;               /* --decode: one token at a time */
+    int chunk;                /* --chunk N */
+    int ctx;                  /* -c */
+    int threads;              /* -t */
+    int n_predict;            /* -n */
+    int ids;                  /* --ids */
+    dseek_sampler_cfg samp;
+} Args;
+
+static long parse_long(const char *flag, const char *v, long lo, long hi) {
+    if (!v) die("%s: missing value", flag);
+    char *end;
+    errno = 0;
+    long x = strtol(v, &end, 10);
+    if (errno || *end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "dseek: %s: expected an integer in [%ld, %ld], got \"%s\"\n", flag, lo, hi, v);
+        exit(2);
+    }
+    return x;
+}
+
+static float parse_float(const char *flag, const char *v, float lo, float hi) {
+    if (!v) die("%s: missing value", flag);
+    char *end;
+    float x = strtof(v, &end);
+    if (*end || end == v || !(x >= lo && x <= hi)) {
+        fprintf(stderr, "dseek: %s: expected a number in [%g, %g], got \"%s\"\n", flag, lo, hi, v);
+        exit(2);
+    }
+    return x;
+}
+
+static void usage(const char *cmd) {
+    if (!cmd || !strcmp(cmd, "logits"))
+        fprintf(stderr,
+                "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [-c CTX] [-t THREADS]\n"
+                "  writes the [T, vocab] float32 logits of every position as a NumPy .npy file\n"
+                "  default: one prefill of all tokens; --decode: one token at a time; --chunk N: N at a time\n");
+    if (!cmd || !strcmp(cmd, "run"))
+        fprintf(stderr,
+                "usage: dseek run -m DIR --tokens 0,5,7 [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
+                "                 [--seed S] [--ids] [-c CTX] [-t THREADS]\n"
+                "  generates N tokens after the prompt and prints their ids, space separated\n");
+}
+
+static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
+    memset(a, 0, sizeof *a);
+    a->n_predict = 16;
+    a->samp.top_p = 1.0f;
+    a->samp.seed = 1;
+    for (int i = 2; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define VAL (i++, v ? v : (die("%s: missing value", f), ""))
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(cmd); exit(0); }
+        else if (!strcmp(f, "-m") || !strcmp(f, "--model")) a->model = VAL;
+        else if (!strcmp(f, "--tokens")) a->tokens = VAL;
+        else if (!strcmp(f, "-o")) a->out = VAL;
+        else if (!strcmp(f, "--decode")) a->decode = 1;
+        else if (!strcmp(f, "--chunk")) { a->chunk = (int)parse_long(f, v, 1, 1 << 20); i++; }
+        else if (!strcmp(f, "-c") || !strcmp(f, "--ctx")) { a->ctx = (int)parse_long(f, v, 1, 1 << 24); i++; }
+        else if (!strcmp(f, "-t") || !strcmp(f, "--threads")) { a->threads = (int)parse_long(f, v, 1, 1024); i++; }
+        else if (!strcmp(f, "-n")) { a->n_predict = (int)parse_long(f, v, 0, 1 << 24); i++; }
+        else if (!strcmp(f, "--temp")) { a->samp.temperature = parse_float(f, v, 0, 100); i++; }
+        else if (!strcmp(f, "--top-k")) { a->samp.top_k = (int)parse_long(f, v, 0, 1 << 24); i++; }
+        else if (!strcmp(f, "--top-p")) { a->samp.top_p = parse_float(f, v, 0, 1); i++; }
+        else if (!strcmp(f, "--min-p")) { a->samp.min_p = parse_float(f, v, 0, 1); i++; }
+        else if (!strcmp(f, "--seed")) { a->samp.seed = (uint64_t)parse_long(f, v, 0, 0x7fffffffffffffffL); i++; }
+        else if (!strcmp(f, "--ids")) a->ids = 1;
+        else {
+            fprintf(stderr, "dseek %s: unknown option \"%s\" (see dseek %s --help)\n", cmd, f, cmd);
+            exit(2);
+        }
+#undef VAL
+    }
+    if (!a->model) die("%s: -m DIR is required", cmd);
+}
+
+/* Parses "0,5,7" into a malloc'd array. */
+static int *parse_tokens(const char *s, int *n) {
+    if (!s || !*s) die("%s", "--tokens: expected a comma-separated list of token ids");
+    int cap = 16, k = 0;
+    int *v = malloc((size_t)cap * sizeof(int));
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long x = strtol(p, &end, 10);
+        if (end == p || errno || x < 0 || x > 0x7fffffff) die("--tokens: bad token id near \"%s\"", p);
+        if (k == cap) v = realloc(v, (size_t)(cap *= 2) * sizeof(int));
+        v[k++] = (int)x;
+        p = end;
+        if (*p == ',') p++;
+        else if (*p) die("--tokens: bad token id near \"%s\"", p);
+    }
+    *n = k;
+    return v;
+}
+
+static dseek_model *open_model(const char *dir, int threads) {
+    dseek_set_threads(threads);
+    char err[1024];
+    dseek_model *m;
+    if (dseek_model_open(dir, &m, err, sizeof err)) {
+        fprintf(stderr, "dseek: %s\n", err);
+        exit(2);
+    }
+    return m;
+}
+
+static dseek_session *open_session(const dseek_model *m, int ctx, int batch) {
+    char err[1024];
+    dseek_session *s;
+    if (dseek_session_new(m, ctx, batch, &s, err, sizeof err)) {
+        fprintf(stderr, "dseek: %s\n", err);
+        exit(2);
+    }
+    return s;
+}
+
+/* Writes a float32 [rows, cols] array as .npy (version 1.0). */
+static int write_npy(const char *path, const float *a, size_t rows, size_t cols) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    char hdr[128];
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }", rows, cols);
+    int total = 10 + n + 1, pad = (64 - total % 64) % 64;
+    unsigned short hl = (unsigned short)(n + pad + 1);
+    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
+    fputc(hl & 0xff, f);
+    fputc(hl >> 8, f);
+    fwrite(hdr, 1, (size_t)n, f);
+    for (int i = 0; i < pad; i++) fputc(' ', f);
+    fputc('\n', f);
+    size_t w = fwrite(a, sizeof(float), rows * cols, f);
+    return fclose(f) || w != rows * cols ? -1 : 0;
+}
+
+static void check(dseek_session *s, int rc) {
+    if (rc) {
+        fprintf(stderr, "dseek: %s\n", dseek_session_error(s));
+        exit(2);
+    }
+}
+
+/* ---- subcommands ---- */
+
+static int cmd_logits(int argc, char **argv) {
+    Args a;
+    parse_args(argc, argv, &a, "logits");
+    if (!a.out) die("%s", "logits: -o FILE is required");
+    int T;
+    int *tok = parse_tokens(a.tokens, &T);
+    dseek_model *m = open_model(a.model, a.threads);
+    int V = dseek_model_info(m)->vocab_size;
+    int step = a.decode ? 1 : a.chunk ? a.chunk : T;
+    dseek_session *s = open_session(m, a.ctx ? a.ctx : T, step);
+    float *logits = malloc((size_t)T * (size_t)V * sizeof(float));
+    if (!logits) die("%s", "out of memory for the logits");
+    for (int i = 0; i < T; i += step) {
+        int n = T - i < step ? T - i : step;
+        check(s, dseek_forward(s, tok + i, n, i, logits + (size_t)i * V, 1));
+    }
+    if (write_npy(a.out, logits, (size_t)T, (size_t)V)) die("%s: cannot write", a.out);
+    free(logits);
+    free(tok);
+    dseek_session_free(s);
+    dseek_model_free(m);
+    return 0;
+}
+
+static int cmd_run(int argc, char **argv) {
+    Args a;
+    parse_args(argc, argv, &a, "run");
+    int T;
+    int *tok = parse_tokens(a.tokens, &T);
+    dseek_model *m = open_model(a.model, a.threads);
+    const dseek_info *info = dseek_model_info(m);
+    int ctx = a.ctx ? a.ctx : T + a.n_predict;
+    dseek_session *s = open_session(m, ctx, T < 512 ? T : 512);
+    float *logits = malloc((size_t)info->vocab_size * sizeof(float));
+    dseek_sampler *sp = dseek_sampler_new(&a.samp, info->vocab_size);
+    if (!logits || !sp) die("%s", "out of memory");
+    double t0 = now_s();
+    check(s, dseek_forward(s, tok, T, 0, logits, 0));
+    double t1 = now_s();
+    int pos = T, n = 0;
+    for (; n < a.n_predict; n++) {
+        int next = dseek_sample(sp, logits);
+        printf(n ? " %d" : "%d", next);
+        fflush(stdout);
+        if (n + 1 == a.n_predict) { n++; break; }
+        check(s, dseek_forward(s, &next, 1, pos++, logits, 0));
+    }
+    printf("\n");
+    double t2 = now_s();
+    fprintf(stderr, "prompt: %d tokens, %.2f tok/s; generation: %d tokens, %.2f tok/s\n", T, T / (t1 - t0), n,
+            n > 1 ? (n - 1) / (t2 - t1) : 0.0);
+    dseek_sampler_free(sp);
+    free(logits);
+    free(tok);
+    dseek_session_free(s);
+    dseek_model_free(m);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        fprintf(stderr, "usage: dseek COMMAND [options]   (dseek COMMAND --help for each)\n"
+                        "commands:\n"
+                        "  logits   write the logits of a token sequence as .npy\n"
+                        "  run      generate tokens after a prompt\n");
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "logits")) return cmd_logits(argc, argv);
+    if (!strcmp(argv[1], "run")) return cmd_run(argc, argv);
+    fprintf(stderr, "dseek: unknown command \"%s\" (see dseek --help)\n", argv[1]);
+    return 2;
+}
