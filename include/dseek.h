@@ -70,6 +70,12 @@ int dseek_session_ctx(const dseek_session *s);
  * else only the row of the last token (vocab floats); it may be NULL. */
 int dseek_forward(dseek_session *s, const int *tokens, int n, int pos, float *logits, int all_rows);
 
+/* The MTP (next-n) head over positions pos..pos+n-1, which must lie inside the last main
+ * forward step (its final-normed hidden states are kept): next_tokens[i] is the token at
+ * position pos+i+1, and logits row i predicts the token at pos+i+2. The head has its own
+ * latent cache. Needs a model with num_nextn_predict_layers >= 1. */
+int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, float *logits, int all_rows);
+
 /* ---- sampling ---- */
 
 typedef struct {

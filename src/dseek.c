@@ -32,6 +32,7 @@
 #include <omp.h>
 #endif
 #include <cblas.h>
+#undef I /* complex.h (pulled in by cblas.h) defines I; dseek uses it as a name */
 
 /* ============================================================================
  * 1. Utilities
@@ -1135,6 +1136,9 @@ struct dseek_session {
     float *topw;              /* their weights [B, k] */
     int *etok;                /* tokens routed to the expert being run [B] */
     float *xe, *ye;           /* their inputs and outputs [B, D] */
+    float *hid;               /* final-normed hidden states of the last main step [B, D] */
+    int hid_pos, hid_n;       /* the positions they belong to */
+    float *xcat;              /* MTP input [enorm(e), hnorm(h)] [B, 2D] */
     float *cache;             /* latent cache [L + n_mtp][n_ctx][R + rope] */
     char err[512];
 };
@@ -1361,13 +1365,41 @@ static void forward_step(dseek_session *s, const int *tok, int T, int pos, float
     const size_t D = (size_t)m->c.hidden_size;
     embed_tokens(s, &m->embed, tok, T);
     for (int l = 0; l < m->c.num_hidden_layers; l++) layer_forward(s, l, T, pos);
-    for (int t = 0; t < T; t++) rmsnorm(s->xn + t * D, s->x + t * D, m->final_norm, D, m->c.rms_norm_eps);
+    for (int t = 0; t < T; t++) rmsnorm(s->hid + t * D, s->x + t * D, m->final_norm, D, m->c.rms_norm_eps);
+    s->hid_pos = pos;
+    s->hid_n = T;
     if (!logits) return;
-    if (all_rows) matmul(&s->sc, logits, s->xn, &m->lm_head, T);
-    else matmul(&s->sc, logits, s->xn + (size_t)(T - 1) * D, &m->lm_head, 1);
+    if (all_rows) matmul(&s->sc, logits, s->hid, &m->lm_head, T);
+    else matmul(&s->sc, logits, s->hid + (size_t)(T - 1) * D, &m->lm_head, 1);
 }
 
-int dseek_forward(dseek_session *s, const int *tokens, int n, int pos, float *logits, int all_rows) {
+/* The MTP head over the positions of the last main step (SPEC "MTP head", vLLM semantics):
+ * x = eh_proj([enorm(embed(next_tok)), hnorm(h)]) with the embedding zeroed at position 0,
+ * one decoder layer with its own latent cache, then shared_head.norm and shared_head.head. */
+static void mtp_step(dseek_session *s, const int *next_tok, int T, int pos, float *logits, int all_rows) {
+    const dseek_model *m = s->m;
+    const int li = m->c.num_hidden_layers;
+    const Layer *ly = &m->layers[li];
+    const size_t D = (size_t)m->c.hidden_size;
+    const float eps = m->c.rms_norm_eps;
+    for (int t = 0; t < T; t++) {
+        float *xc = s->xcat + (size_t)t * 2 * D;
+        if (pos + t == 0) memset(xc, 0, D * sizeof(float));
+        else {
+            tensor_row(&ly->embed, (size_t)next_tok[t], xc);
+            rmsnorm(xc, xc, ly->enorm, D, eps);
+        }
+        rmsnorm(xc + D, s->hid + (size_t)t * D, ly->hnorm, D, eps);
+    }
+    matmul(&s->sc, s->x, s->xcat, &ly->eh_proj, T);
+    layer_forward(s, li, T, pos);
+    for (int t = 0; t < T; t++) rmsnorm(s->xn + t * D, s->x + t * D, ly->head_norm, D, eps);
+    if (!logits) return;
+    if (all_rows) matmul(&s->sc, logits, s->xn, &ly->head, T);
+    else matmul(&s->sc, logits, s->xn + (size_t)(T - 1) * D, &ly->head, 1);
+}
+
+static int check_tokens(dseek_session *s, const int *tokens, int n, int pos) {
     const dseek_model *m = s->m;
     if (n < 1 || pos < 0) {
         snprintf(s->err, sizeof s->err, "forward: need at least one token at a position >= 0");
@@ -1386,6 +1418,13 @@ int dseek_forward(dseek_session *s, const int *tokens, int n, int pos, float *lo
 #ifdef _OPENMP
     if (omp_get_max_threads() > s->nth) omp_set_num_threads(s->nth);
 #endif
+    return 0;
+}
+
+int dseek_forward(dseek_session *s, const int *tokens, int n, int pos, float *logits, int all_rows) {
+    int rc = check_tokens(s, tokens, n, pos);
+    if (rc) return rc;
+    const dseek_model *m = s->m;
     const size_t V = (size_t)m->c.vocab_size;
     for (int i = 0; i < n; i += s->n_batch) {
         int T = n - i < s->n_batch ? n - i : s->n_batch;
@@ -1396,6 +1435,27 @@ int dseek_forward(dseek_session *s, const int *tokens, int n, int pos, float *lo
     return 0;
 }
 
+int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, float *logits, int all_rows) {
+    int rc = check_tokens(s, next_tokens, n, pos);
+    if (rc) return rc;
+    if (!s->m->info.n_mtp) {
+        snprintf(s->err, sizeof s->err, "this model has no MTP layer (num_nextn_predict_layers is 0)");
+        return DSEEK_EARG;
+    }
+    if (pos < s->hid_pos || pos + n > s->hid_pos + s->hid_n) {
+        snprintf(s->err, sizeof s->err, "MTP positions %d..%d are not those of the last main forward step (%d..%d)", pos,
+                 pos + n - 1, s->hid_pos, s->hid_pos + s->hid_n - 1);
+        return DSEEK_EARG;
+    }
+    /* the head reads hidden rows pos - hid_pos ..; shift them to the front */
+    const size_t D = (size_t)s->m->c.hidden_size;
+    if (pos > s->hid_pos) memmove(s->hid, s->hid + (size_t)(pos - s->hid_pos) * D, (size_t)n * D * sizeof(float));
+    s->hid_pos = pos;
+    s->hid_n = n;
+    mtp_step(s, next_tokens, n, pos, logits, all_rows);
+    return 0;
+}
+
 /* ============================================================================
  * 7. Sessions
  * ========================================================================== */
@@ -1403,7 +1463,7 @@ int dseek_forward(dseek_session *s, const int *tokens, int n, int pos, float *lo
 void dseek_session_free(dseek_session *s) {
     if (!s) return;
     float **bufs[] = {&s->sc.rowbuf, &s->sc.wbuf, &s->x, &s->xn, &s->y, &s->qa, &s->q, &s->kv, &s->heads,
-                      &s->kvb, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->cache};
+                      &s->kvb, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->xcat, &s->cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(s->topk);
     free(s->etok);
@@ -1435,7 +1495,7 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->sc.wbuf_len = m->max_in > (4u << 20) ? m->max_in : (4u << 20);
     s->sc.wbuf = xcalloc(s->sc.wbuf_len, sizeof(float));
     s->x = xcalloc(B * D, sizeof(float));
-    s->xn = xcalloc(B * 2 * D, sizeof(float));
+    s->xn = xcalloc(B * D, sizeof(float));
     s->y = xcalloc(B * D, sizeof(float));
     s->qa = xcalloc(B * (size_t)(c->q_lora_rank ? c->q_lora_rank : 1), sizeof(float));
     s->q = xcalloc(B * H * qd, sizeof(float));
@@ -1452,10 +1512,12 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->etok = xcalloc(B, sizeof(int));
     s->xe = xcalloc(B * D, sizeof(float));
     s->ye = xcalloc(B * D, sizeof(float));
+    s->hid = xcalloc(B * D, sizeof(float));
+    s->xcat = xcalloc(B * 2 * D, sizeof(float));
     s->cache = xcalloc(nl * (size_t)n_ctx * (R + rope), sizeof(float));
     if (!s->sc.rowbuf || !s->sc.wbuf || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         !s->kvb || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
-        !s->ye || !s->cache) {
+        !s->ye || !s->hid || !s->xcat || !s->cache) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);
         dseek_session_free(s);
         return DSEEK_ENOMEM;

@@ -33,6 +33,7 @@ typedef struct {
     int threads;              /* -t */
     int n_predict;            /* -n */
     int ids;                  /* --ids */
+    int mtp;                  /* --mtp: logits of the MTP head */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -62,9 +63,10 @@ static float parse_float(const char *flag, const char *v, float lo, float hi) {
 static void usage(const char *cmd) {
     if (!cmd || !strcmp(cmd, "logits"))
         fprintf(stderr,
-                "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [-c CTX] [-t THREADS]\n"
+                "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [--mtp] [-c CTX] [-t THREADS]\n"
                 "  writes the [T, vocab] float32 logits of every position as a NumPy .npy file\n"
-                "  default: one prefill of all tokens; --decode: one token at a time; --chunk N: N at a time\n");
+                "  default: one prefill of all tokens; --decode: one token at a time; --chunk N: N at a time\n"
+                "  --mtp: the MTP head's logits instead, for the inputs tokens[1:] + [argmax of the last row]\n");
     if (!cmd || !strcmp(cmd, "run"))
         fprintf(stderr,
                 "usage: dseek run -m DIR --tokens 0,5,7 [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
@@ -95,6 +97,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--min-p")) { a->samp.min_p = parse_float(f, v, 0, 1); i++; }
         else if (!strcmp(f, "--seed")) { a->samp.seed = (uint64_t)parse_long(f, v, 0, 0x7fffffffffffffffL); i++; }
         else if (!strcmp(f, "--ids")) a->ids = 1;
+        else if (!strcmp(f, "--mtp")) a->mtp = 1;
         else {
             fprintf(stderr, "dseek %s: unknown option \"%s\" (see dseek %s --help)\n", cmd, f, cmd);
             exit(2);
@@ -171,6 +174,13 @@ static void check(dseek_session *s, int rc) {
     }
 }
 
+static int argmax(const float *v, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b]) b = i;
+    return b;
+}
+
 /* ---- subcommands ---- */
 
 static int cmd_logits(int argc, char **argv) {
@@ -184,13 +194,22 @@ static int cmd_logits(int argc, char **argv) {
     int step = a.decode ? 1 : a.chunk ? a.chunk : T;
     dseek_session *s = open_session(m, a.ctx ? a.ctx : T, step);
     float *logits = malloc((size_t)T * (size_t)V * sizeof(float));
-    if (!logits) die("%s", "out of memory for the logits");
+    float *mtp = a.mtp ? malloc((size_t)T * (size_t)V * sizeof(float)) : NULL;
+    int *next = malloc((size_t)T * sizeof(int));
+    if (!logits || !next || (a.mtp && !mtp)) die("%s", "out of memory for the logits");
+    if (a.mtp && !dseek_model_info(m)->n_mtp) die("%s: --mtp: the model has no MTP layer", a.model);
     for (int i = 0; i < T; i += step) {
         int n = T - i < step ? T - i : step;
         check(s, dseek_forward(s, tok + i, n, i, logits + (size_t)i * V, 1));
+        if (!a.mtp) continue;
+        /* the head at position j reads the token at j+1; after the last one, the main argmax */
+        for (int j = i; j < i + n; j++) next[j - i] = j + 1 < T ? tok[j + 1] : argmax(logits + (size_t)j * V, V);
+        check(s, dseek_mtp_forward(s, next, n, i, mtp + (size_t)i * V, 1));
     }
-    if (write_npy(a.out, logits, (size_t)T, (size_t)V)) die("%s: cannot write", a.out);
+    if (write_npy(a.out, a.mtp ? mtp : logits, (size_t)T, (size_t)V)) die("%s: cannot write", a.out);
     free(logits);
+    free(mtp);
+    free(next);
     free(tok);
     dseek_session_free(s);
     dseek_model_free(m);

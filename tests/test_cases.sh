@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Engine vs DeepSeek's official reference outputs on every case in ../shared/cases:
+# prefill, decode and chunked logits within 1e-4 with identical argmax, greedy ids identical,
+# with 1 and 2 threads. Needs ../shared (CI always has it); skips loudly without it.
+set -u
+cd "$(dirname "$0")/.."
+PY=/usr/bin/python3
+CASES=../shared/cases
+if [ ! -d "$CASES" ]; then echo "SKIPPED: $CASES not found (reference cases unavailable)"; exit 0; fi
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+pass=0; fail=0
+ok() { pass=$((pass+1)); echo "ok   $*"; }
+bad() { fail=$((fail+1)); echo "FAIL $*"; }
+ncase=0
+for dir in "$CASES"/*/; do
+  [ -f "$dir/manifest.json" ] || continue
+  ncase=$((ncase+1))
+  name=$(basename "$dir")
+  read -r TOK PROMPT NGEN GREEDY < <($PY - "$dir/manifest.json" <<'PYEOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(",".join(map(str, m["tokens"])), ",".join(map(str, m["prompt"])), m["greedy_new_tokens"], ",".join(map(str, m["greedy_ids"])))
+PYEOF
+)
+  for th in 1 2; do
+    for mode in prefill decode chunk5 chunk16; do
+      case $mode in
+        prefill) flags=""; ref=logits_prefill.npy;;
+        decode) flags="--decode"; ref=logits_decode.npy;;
+        chunk5) flags="--chunk 5"; ref=logits_prefill.npy;;
+        chunk16) flags="--chunk 16"; ref=logits_prefill.npy;;
+      esac
+      out="$tmp/$name.$mode.$th.npy"
+      if ! ./dseek logits -m "$dir" --tokens "$TOK" -o "$out" -t $th $flags 2>"$tmp/err"; then
+        bad "$name $mode t=$th: dseek failed: $(cat "$tmp/err")"; continue
+      fi
+      if r=$($PY tools/npcmp.py "$out" "$dir/ref/$ref" --tol 1e-4 --label "$name $mode t=$th"); then ok "$r"; else bad "$r"; fi
+    done
+    if [ -f "$dir/ref/mtp_logits.npy" ]; then
+      for mode in prefill decode chunk7; do
+        case $mode in
+          prefill) flags=""; ref=mtp_logits.npy;;
+          decode) flags="--decode"; ref=mtp_logits_decode.npy;;
+          chunk7) flags="--chunk 7"; ref=mtp_logits.npy;;
+        esac
+        out="$tmp/$name.mtp.$mode.$th.npy"
+        if ! ./dseek logits -m "$dir" --tokens "$TOK" --mtp -o "$out" -t $th $flags 2>"$tmp/err"; then
+          bad "$name mtp $mode t=$th: dseek failed: $(cat "$tmp/err")"; continue
+        fi
+        if r=$($PY tools/npcmp.py "$out" "$dir/ref/$ref" --tol 1e-4 --label "$name mtp $mode t=$th"); then ok "$r"; else bad "$r"; fi
+      done
+    fi
+    got=$(./dseek run -m "$dir" --tokens "$PROMPT" -n "$NGEN" --temp 0 --ids -t $th 2>/dev/null | tr ' ' ',')
+    if [ "$got" = "$GREEDY" ]; then ok "$name greedy ids t=$th ($NGEN tokens)"; else bad "$name greedy ids t=$th: got $got want $GREEDY"; fi
+  done
+done
+[ $ncase -gt 0 ] || bad "no case with a manifest.json in $CASES"
+echo "test_cases: $pass passed, $fail failed"
+[ $fail -eq 0 ]
