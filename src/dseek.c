@@ -629,6 +629,7 @@ typedef struct {
 } Layer;
 
 struct dseek_model {
+    char *dir;                /* the checkpoint folder, for messages */
     Config c;
     dseek_info info;
     MappedFile *files;
@@ -666,7 +667,7 @@ static void *model_own(dseek_model *m, size_t bytes) {
 static int find_tensor(dseek_model *m, const char *name, int dtmask, size_t rows, size_t cols,
                        TensorEntry **out, char *err, size_t errlen) {
     TensorEntry *e = table_get(&m->tt, name);
-    if (!e) { seterr(err, errlen, "%s: tensor missing from the checkpoint", name); return DSEEK_EFORMAT; }
+    if (!e) { seterr(err, errlen, "%s: %s: tensor missing from the checkpoint", m->dir, name); return DSEEK_EFORMAT; }
     const char *f = m->files[e->file].path;
     int ok = cols ? (e->ndim == 2 && e->shape[0] == rows && e->shape[1] == cols) : (e->ndim == 1 && e->shape[0] == rows);
     if (!ok) {
@@ -908,6 +909,7 @@ void dseek_model_free(dseek_model *m) {
     free(m->files);
     table_free(&m->tt);
     free(m->inv_freq);
+    free(m->dir);
     free(m);
 }
 
@@ -975,7 +977,11 @@ int dseek_model_open(const char *dir, dseek_model **out, char *err, size_t errle
     *out = NULL;
     fp8_table_init();
     dseek_model *m = calloc(1, sizeof *m);
-    if (!m) { seterr(err, errlen, "out of memory"); return DSEEK_ENOMEM; }
+    if (!m || !(m->dir = strdup(dir))) {
+        free(m);
+        seterr(err, errlen, "out of memory");
+        return DSEEK_ENOMEM;
+    }
     int rc = config_parse(dir, &m->c, err, errlen);
     if (!rc) rc = load_files(m, dir, err, errlen);
     const Config *c = &m->c;
