@@ -92,6 +92,35 @@ void dseek_sampler_free(dseek_sampler *sp);
 /* Picks the next token from one row of logits (the row is not modified). */
 int dseek_sample(dseek_sampler *sp, const float *logits);
 
+/* ---- generation (with MTP speculative decoding) ---- */
+
+typedef struct {
+    int mtp;                  /* draft with the MTP head when the model has one */
+    int n_draft;              /* drafts chained per step, 1..8 */
+    int adaptive;             /* draft only while it is measured to be faster */
+} dseek_gen_cfg;
+
+typedef struct {
+    long tokens;              /* generated tokens (including the one sampled after the prompt) */
+    long prompt_tokens;       /* prompt tokens computed (cached ones not counted) */
+    double prompt_seconds;
+    long main_forwards;       /* decode forwards of the main model */
+    long drafted, accepted;   /* MTP drafts made and accepted */
+    double acceptance;        /* running acceptance rate */
+    double t_plain, t_verify, t_draft; /* running seconds: 1-token forward, verify forward, one draft */
+} dseek_gen_stats;
+
+typedef struct dseek_gen dseek_gen;
+int dseek_gen_new(dseek_session *s, const dseek_sampler_cfg *scfg, const dseek_gen_cfg *gcfg, dseek_gen **out);
+void dseek_gen_free(dseek_gen *g);
+/* Sets the context to tokens[0..n) (reusing the cached common prefix) and samples the next
+ * token into *first. */
+int dseek_gen_feed(dseek_gen *g, const int *tokens, int n, int *first);
+/* Generates the next 1..n_draft+1 tokens into out[] (room for 9), count in *n_out. */
+int dseek_gen_step(dseek_gen *g, int *out, int *n_out);
+void dseek_gen_stats_get(const dseek_gen *g, dseek_gen_stats *st);
+int dseek_gen_pos(const dseek_gen *g);
+
 /* ---- threads ---- */
 
 /* Sets the number of threads the engine (OpenMP and OpenBLAS) uses; <= 0 means all cores. */

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef _OPENMP
@@ -1142,8 +1143,11 @@ struct dseek_session {
     float *topw;              /* their weights [B, k] */
     int *etok;                /* tokens routed to the expert being run [B] */
     float *xe, *ye;           /* their inputs and outputs [B, D] */
-    float *hid;               /* final-normed hidden states of the last main step [B, D] */
-    int hid_pos, hid_n;       /* the positions they belong to */
+    float *hid;               /* final-normed hidden states (the MTP head's input): for a model
+                                 with MTP one row per position [n_ctx, D], else [B, D] */
+    int hid_by_pos;           /* rows of hid are positions */
+    int hid_end;              /* positions below this have their row (MTP models) */
+    float *hchain;            /* hidden state fed to a chained MTP draft [D] */
     float *xcat;              /* MTP input [enorm(e), hnorm(h)] [B, 2D] */
     float *cache;             /* latent cache [L + n_mtp][n_ctx][R + rope] */
     char err[512];
@@ -1371,18 +1375,21 @@ static void forward_step(dseek_session *s, const int *tok, int T, int pos, float
     const size_t D = (size_t)m->c.hidden_size;
     embed_tokens(s, &m->embed, tok, T);
     for (int l = 0; l < m->c.num_hidden_layers; l++) layer_forward(s, l, T, pos);
-    for (int t = 0; t < T; t++) rmsnorm(s->hid + t * D, s->x + t * D, m->final_norm, D, m->c.rms_norm_eps);
-    s->hid_pos = pos;
-    s->hid_n = T;
+    float *h = s->hid + (s->hid_by_pos ? (size_t)pos * D : 0);
+    for (int t = 0; t < T; t++) rmsnorm(h + t * D, s->x + t * D, m->final_norm, D, m->c.rms_norm_eps);
+    if (s->hid_by_pos) s->hid_end = pos + T;
     if (!logits) return;
-    if (all_rows) matmul(&s->sc, logits, s->hid, &m->lm_head, T);
-    else matmul(&s->sc, logits, s->hid + (size_t)(T - 1) * D, &m->lm_head, 1);
+    if (all_rows) matmul(&s->sc, logits, h, &m->lm_head, T);
+    else matmul(&s->sc, logits, h + (size_t)(T - 1) * D, &m->lm_head, 1);
 }
 
-/* The MTP head over the positions of the last main step (SPEC "MTP head", vLLM semantics):
+/* The MTP head at positions pos.. (SPEC "MTP head", vLLM semantics): h[t] is the main
+ * model's final-normed hidden state at pos+t and next_tok[t] the token at pos+t+1;
  * x = eh_proj([enorm(embed(next_tok)), hnorm(h)]) with the embedding zeroed at position 0,
- * one decoder layer with its own latent cache, then shared_head.norm and shared_head.head. */
-static void mtp_step(dseek_session *s, const int *next_tok, int T, int pos, float *logits, int all_rows) {
+ * one decoder layer with its own latent cache, then shared_head.norm and shared_head.head.
+ * Leaves the normed output rows in s->xn. */
+static void mtp_step(dseek_session *s, const int *next_tok, int T, int pos, const float *h, float *logits,
+                     int all_rows) {
     const dseek_model *m = s->m;
     const int li = m->c.num_hidden_layers;
     const Layer *ly = &m->layers[li];
@@ -1395,7 +1402,7 @@ static void mtp_step(dseek_session *s, const int *next_tok, int T, int pos, floa
             tensor_row(&ly->embed, (size_t)next_tok[t], xc);
             rmsnorm(xc, xc, ly->enorm, D, eps);
         }
-        rmsnorm(xc + D, s->hid + (size_t)t * D, ly->hnorm, D, eps);
+        rmsnorm(xc + D, h + (size_t)t * D, ly->hnorm, D, eps);
     }
     matmul(&s->sc, s->x, s->xcat, &ly->eh_proj, T);
     layer_forward(s, li, T, pos);
@@ -1448,17 +1455,17 @@ int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, 
         snprintf(s->err, sizeof s->err, "this model has no MTP layer (num_nextn_predict_layers is 0)");
         return DSEEK_EARG;
     }
-    if (pos < s->hid_pos || pos + n > s->hid_pos + s->hid_n) {
-        snprintf(s->err, sizeof s->err, "MTP positions %d..%d are not those of the last main forward step (%d..%d)", pos,
-                 pos + n - 1, s->hid_pos, s->hid_pos + s->hid_n - 1);
+    if (pos + n > s->hid_end) {
+        snprintf(s->err, sizeof s->err, "MTP positions up to %d need the main model's hidden states, computed up to %d",
+                 pos + n - 1, s->hid_end - 1);
         return DSEEK_EARG;
     }
-    /* the head reads hidden rows pos - hid_pos ..; shift them to the front */
-    const size_t D = (size_t)s->m->c.hidden_size;
-    if (pos > s->hid_pos) memmove(s->hid, s->hid + (size_t)(pos - s->hid_pos) * D, (size_t)n * D * sizeof(float));
-    s->hid_pos = pos;
-    s->hid_n = n;
-    mtp_step(s, next_tokens, n, pos, logits, all_rows);
+    const size_t D = (size_t)s->m->c.hidden_size, V = (size_t)s->m->c.vocab_size;
+    for (int i = 0; i < n; i += s->n_batch) {
+        int T = n - i < s->n_batch ? n - i : s->n_batch;
+        float *lg = !logits ? NULL : all_rows ? logits + (size_t)i * V : i + T == n ? logits : NULL;
+        mtp_step(s, next_tokens + i, T, pos + i, s->hid + (size_t)(pos + i) * D, lg, all_rows);
+    }
     return 0;
 }
 
@@ -1469,7 +1476,7 @@ int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, 
 void dseek_session_free(dseek_session *s) {
     if (!s) return;
     float **bufs[] = {&s->sc.rowbuf, &s->sc.wbuf, &s->x, &s->xn, &s->y, &s->qa, &s->q, &s->kv, &s->heads,
-                      &s->kvb, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->xcat, &s->cache};
+                      &s->kvb, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(s->topk);
     free(s->etok);
@@ -1518,12 +1525,14 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->etok = xcalloc(B, sizeof(int));
     s->xe = xcalloc(B * D, sizeof(float));
     s->ye = xcalloc(B * D, sizeof(float));
-    s->hid = xcalloc(B * D, sizeof(float));
+    s->hid_by_pos = m->info.n_mtp > 0;
+    s->hid = xcalloc((s->hid_by_pos ? (size_t)n_ctx : B) * D, sizeof(float));
+    s->hchain = xcalloc(D, sizeof(float));
     s->xcat = xcalloc(B * 2 * D, sizeof(float));
     s->cache = xcalloc(nl * (size_t)n_ctx * (R + rope), sizeof(float));
     if (!s->sc.rowbuf || !s->sc.wbuf || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         !s->kvb || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
-        !s->ye || !s->hid || !s->xcat || !s->cache) {
+        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);
         dseek_session_free(s);
         return DSEEK_ENOMEM;
@@ -1540,8 +1549,8 @@ struct dseek_sampler {
     dseek_sampler_cfg cfg;
     int V;
     uint64_t rng;             /* xorshift64* state */
-    float *prob;              /* [V] */
-    int *order;               /* [V] candidate ids */
+    float *prob;              /* [V] the distribution of the last logits row */
+    int *order;               /* [V] candidate ids, by falling probability */
 };
 
 dseek_sampler *dseek_sampler_new(const dseek_sampler_cfg *cfg, int V) {
@@ -1563,55 +1572,293 @@ void dseek_sampler_free(dseek_sampler *sp) {
     free(sp);
 }
 
-static float rng_uniform(uint64_t *st) { /* [0, 1) */
+static double rng_uniform(uint64_t *st) { /* [0, 1) */
     *st ^= *st >> 12;
     *st ^= *st << 25;
     *st ^= *st >> 27;
-    return (float)((*st * 0x2545F4914F6CDD1Dull) >> 40) / 16777216.0f;
+    return (double)((*st * 0x2545F4914F6CDD1Dull) >> 11) / 9007199254740992.0;
 }
 
-static const float *g_sort_prob;
+/* Sorting candidates by probability, ties by id (qsort has no context argument). */
+static _Thread_local const float *sort_prob;
 static int prob_desc(const void *a, const void *b) {
-    float x = g_sort_prob[*(const int *)a], y = g_sort_prob[*(const int *)b];
+    float x = sort_prob[*(const int *)a], y = sort_prob[*(const int *)b];
     return x > y ? -1 : x < y ? 1 : (*(const int *)a - *(const int *)b);
 }
 
-int dseek_sample(dseek_sampler *sp, const float *logits) {
+/* Writes into p[V] the distribution the sampler draws from for this logits row:
+ * temperature softmax, then min-p, top-k and top-p filtering, renormalized. Greedy
+ * (temperature 0) is the one-hot distribution of the argmax (lowest id on ties). */
+static void sampler_probs(dseek_sampler *sp, const float *logits, float *p) {
     const int V = sp->V;
     int best = 0;
     for (int i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
-    if (sp->cfg.temperature <= 0) return best;
-    /* softmax at temperature */
-    float mx = logits[best], sum = 0;
-    for (int i = 0; i < V; i++) { sp->prob[i] = expf((logits[i] - mx) / sp->cfg.temperature); sum += sp->prob[i]; }
-    /* min-p: drop tokens below min_p * p(best) */
-    int n = 0;
-    float floor_p = sp->cfg.min_p > 0 ? sp->cfg.min_p * (1.0f / sum) : 0;
-    for (int i = 0; i < V; i++) {
-        sp->prob[i] /= sum;
-        if (sp->prob[i] >= floor_p) sp->order[n++] = i;
+    if (sp->cfg.temperature <= 0) {
+        memset(p, 0, (size_t)V * sizeof(float));
+        p[best] = 1;
+        return;
     }
-    /* top-k and top-p need the candidates sorted by probability */
+    double sum = 0;
+    for (int i = 0; i < V; i++) sum += p[i] = expf((logits[i] - logits[best]) / sp->cfg.temperature);
+    for (int i = 0; i < V; i++) p[i] = (float)(p[i] / sum);
+    /* min-p: keep tokens with at least min_p times the best probability */
+    float floor_p = sp->cfg.min_p > 0 ? sp->cfg.min_p * p[best] : 0;
+    int n = 0;
+    for (int i = 0; i < V; i++)
+        if (p[i] >= floor_p && p[i] > 0) sp->order[n++] = i;
     int k = sp->cfg.top_k > 0 && sp->cfg.top_k < n ? sp->cfg.top_k : n;
-    if (k < n || sp->cfg.top_p < 1.0f) {
-        g_sort_prob = sp->prob;
+    if (k < n || (sp->cfg.top_p > 0 && sp->cfg.top_p < 1)) {
+        sort_prob = p;
         qsort(sp->order, (size_t)n, sizeof(int), prob_desc);
         n = k;
-        if (sp->cfg.top_p > 0 && sp->cfg.top_p < 1.0f) {
-            float cum = 0;
-            for (int i = 0; i < n; i++) {
-                cum += sp->prob[sp->order[i]];
-                if (cum >= sp->cfg.top_p) { n = i + 1; break; }
-            }
+        if (sp->cfg.top_p > 0 && sp->cfg.top_p < 1) {
+            double cum = 0;
+            for (int i = 0; i < n; i++)
+                if ((cum += p[sp->order[i]]) >= sp->cfg.top_p) { n = i + 1; break; }
         }
     }
-    float tot = 0;
-    for (int i = 0; i < n; i++) tot += sp->prob[sp->order[i]];
-    float r = rng_uniform(&sp->rng) * tot, acc = 0;
-    for (int i = 0; i < n; i++) {
-        acc += sp->prob[sp->order[i]];
-        if (r < acc) return sp->order[i];
-    }
-    return sp->order[n - 1];
+    if (n == V) return;
+    double kept = 0;
+    for (int i = 0; i < n; i++) kept += p[sp->order[i]];
+    for (int i = 0; i < n; i++) p[sp->order[i]] = -(float)(p[sp->order[i]] / kept); /* negative marks kept */
+    for (int i = 0; i < V; i++) p[i] = p[i] < 0 ? -p[i] : 0;
 }
+
+/* Draws an id from the distribution p[V]. */
+static int sample_from(dseek_sampler *sp, const float *p) {
+    double r = rng_uniform(&sp->rng), acc = 0;
+    int last = 0;
+    for (int i = 0; i < sp->V; i++) {
+        if (p[i] <= 0) continue;
+        acc += p[i];
+        last = i;
+        if (r < acc) return i;
+    }
+    return last; /* rounding left r just above the total */
+}
+
+int dseek_sample(dseek_sampler *sp, const float *logits) {
+    sampler_probs(sp, logits, sp->prob);
+    return sample_from(sp, sp->prob);
+}
+
+/* ============================================================================
+ * 9. Generation, with MTP speculative decoding
+ *
+ * The generator owns the token history of a session. State between steps: the main cache
+ * holds hist[0..n); `pending` is the last emitted token (position n), not yet run. A plain
+ * step runs [pending] and samples the next token. A speculative step first lets the MTP
+ * head catch up on the positions it has not seen (its cache must cover 0..n-1), drafts
+ * d1..dk for positions n+1.., then verifies [pending, d1..dk] in one main forward: draft i
+ * is kept while it passes the speculative-sampling test against the main distribution
+ * (with greedy sampling: while it equals the argmax), and the first rejected position is
+ * resampled from the residual max(0, p - q). Each step yields 1..k+1 tokens, distributed
+ * exactly as plain decoding would (identical tokens with greedy sampling).
+ * ========================================================================== */
+
+#define MAX_DRAFT 8
+
+struct dseek_gen {
+    dseek_session *s;
+    dseek_sampler *sp;
+    dseek_gen_cfg cfg;
+    int V;
+    int *hist;                /* [n_ctx] tokens whose main cache entries are valid */
+    int n;                    /* their count */
+    int pending;              /* emitted, not yet run; -1 before the first feed */
+    int mtp_n;                /* MTP cache valid for positions 0..mtp_n-1 */
+    float *logits;            /* [MAX_DRAFT + 1, V] main logits of the last step */
+    float *qlog;              /* [MAX_DRAFT, V] MTP logits of the drafts */
+    float *q;                 /* [MAX_DRAFT, V] draft distributions */
+    float *p;                 /* [V] main distribution */
+    int *next;                /* [n_ctx] scratch for MTP inputs */
+    double alpha;             /* running acceptance rate of a draft */
+    double t_plain, t_verify, t_draft; /* running costs in seconds (0 = not measured yet) */
+    int since_probe;          /* plain steps since drafting last ran */
+    dseek_gen_stats st;
+};
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void ema(double *v, double x) { *v = *v > 0 ? 0.8 * *v + 0.2 * x : x; }
+
+void dseek_gen_free(dseek_gen *g) {
+    if (!g) return;
+    dseek_sampler_free(g->sp);
+    free(g->hist);
+    free(g->logits);
+    free(g->qlog);
+    free(g->q);
+    free(g->p);
+    free(g->next);
+    free(g);
+}
+
+int dseek_gen_new(dseek_session *s, const dseek_sampler_cfg *scfg, const dseek_gen_cfg *gcfg, dseek_gen **out) {
+    *out = NULL;
+    const dseek_model *m = s->m;
+    dseek_gen *g = calloc(1, sizeof *g);
+    if (!g) return DSEEK_ENOMEM;
+    g->s = s;
+    g->cfg = *gcfg;
+    if (!m->info.n_mtp) g->cfg.mtp = 0;
+    if (g->cfg.n_draft < 1) g->cfg.n_draft = 1;
+    if (g->cfg.n_draft > MAX_DRAFT) g->cfg.n_draft = MAX_DRAFT;
+    g->V = m->c.vocab_size;
+    size_t V = (size_t)g->V;
+    g->sp = dseek_sampler_new(scfg, g->V);
+    g->hist = malloc((size_t)s->n_ctx * sizeof(int));
+    g->next = malloc((size_t)s->n_ctx * sizeof(int));
+    g->logits = malloc((MAX_DRAFT + 1) * V * sizeof(float));
+    g->qlog = malloc(MAX_DRAFT * V * sizeof(float));
+    g->q = malloc(MAX_DRAFT * V * sizeof(float));
+    g->p = malloc(V * sizeof(float));
+    g->pending = -1;
+    g->alpha = 0.5; /* prior until measured */
+    if (!g->sp || !g->hist || !g->next || !g->logits || !g->qlog || !g->q || !g->p) {
+        dseek_gen_free(g);
+        return DSEEK_ENOMEM;
+    }
+    *out = g;
+    return 0;
+}
+
+/* Makes the context tokens[0..n) and samples the token after it into *first. The longest
+ * prefix shared with what the cache already holds is kept; only the rest is computed. */
+int dseek_gen_feed(dseek_gen *g, const int *tokens, int n, int *first) {
+    dseek_session *s = g->s;
+    if (n < 1) { snprintf(s->err, sizeof s->err, "empty prompt"); return DSEEK_EARG; }
+    if (n >= s->n_ctx) {
+        snprintf(s->err, sizeof s->err, "context full: the prompt has %d tokens, the context holds %d (raise -c)", n,
+                 s->n_ctx);
+        return DSEEK_EARG;
+    }
+    int keep = 0;
+    while (keep < g->n && keep < n && g->hist[keep] == tokens[keep]) keep++;
+    if (keep == n) keep = n - 1; /* the last token is run again for its logits */
+    double t0 = now_seconds();
+    int rc = dseek_forward(s, tokens + keep, n - keep, keep, g->logits, 0);
+    if (rc) return rc;
+    g->st.prompt_tokens += n - keep;
+    g->st.prompt_seconds += now_seconds() - t0;
+    memcpy(g->hist, tokens, (size_t)n * sizeof(int));
+    g->n = n;
+    if (g->mtp_n > keep) g->mtp_n = keep;
+    sampler_probs(g->sp, g->logits, g->p);
+    *first = g->pending = sample_from(g->sp, g->p);
+    g->st.tokens++;
+    return 0;
+}
+
+/* Runs the MTP head over the positions it has not seen, up to n-1 (the last one paired
+ * with the pending token), leaving its logits for position n-1 in qlog. */
+static int mtp_catch_up(dseek_gen *g) {
+    int from = g->mtp_n, cnt = g->n - from;
+    for (int i = 0; i < cnt; i++) g->next[i] = from + i + 1 < g->n ? g->hist[from + i + 1] : g->pending;
+    int rc = dseek_mtp_forward(g->s, g->next, cnt, from, g->qlog, 0);
+    if (rc) return rc;
+    g->mtp_n = g->n;
+    /* the head's output at n-1 is the hidden state a chained draft starts from */
+    const size_t D = (size_t)g->s->m->c.hidden_size;
+    int last = (cnt - 1) % g->s->n_batch;
+    memcpy(g->s->hchain, g->s->xn + (size_t)last * D, D * sizeof(float));
+    return 0;
+}
+
+/* One decode step: appends 1..n_draft+1 tokens to out (room for MAX_DRAFT + 1). */
+int dseek_gen_step(dseek_gen *g, int *out, int *n_out) {
+    dseek_session *s = g->s;
+    const size_t V = (size_t)g->V, D = (size_t)s->m->c.hidden_size;
+    *n_out = 0;
+    if (g->pending < 0) { snprintf(s->err, sizeof s->err, "generate: feed a prompt first"); return DSEEK_EARG; }
+    if (g->n >= s->n_ctx) {
+        snprintf(s->err, sizeof s->err, "context full: %d tokens fill the context of %d", g->n, s->n_ctx);
+        return DSEEK_EARG;
+    }
+    int k = g->cfg.n_draft;
+    if (g->n + k >= s->n_ctx) k = s->n_ctx - 1 - g->n; /* drafts must fit in the context */
+    int draft = g->cfg.mtp && k > 0;
+    if (draft && g->cfg.adaptive && g->t_plain > 0 && g->t_verify > 0 && g->t_draft > 0) {
+        /* expected tokens per second with one draft vs plain decoding */
+        double gain = (1 + g->alpha) / (g->t_verify + g->t_draft) - 1 / g->t_plain;
+        draft = gain > 0 || g->since_probe >= 32;
+    } else if (draft && g->cfg.adaptive && g->t_plain == 0)
+        draft = 0; /* measure a plain step first */
+    int rc, n = g->n;
+    double t0 = now_seconds();
+    if (!draft) {
+        g->since_probe++;
+        if ((rc = dseek_forward(s, &g->pending, 1, n, g->logits, 1))) return rc;
+        g->hist[g->n++] = g->pending;
+        sampler_probs(g->sp, g->logits, g->p);
+        out[(*n_out)++] = g->pending = sample_from(g->sp, g->p);
+        ema(&g->t_plain, now_seconds() - t0);
+        g->st.main_forwards++;
+        g->st.tokens++;
+        return 0;
+    }
+    g->since_probe = 0;
+    /* draft k tokens: the MTP head on (h_{n-1}, pending), then chained on its own output */
+    if ((rc = mtp_catch_up(g))) return rc;
+    int d[MAX_DRAFT + 1];
+    d[0] = g->pending;
+    for (int i = 0; i < k; i++) {
+        if (i > 0) {
+            mtp_step(s, &d[i], 1, n + i - 1, s->hchain, g->qlog + (size_t)i * V, 0);
+            memcpy(s->hchain, s->xn, D * sizeof(float));
+        }
+        sampler_probs(g->sp, g->qlog + (size_t)i * V, g->q + (size_t)i * V);
+        d[i + 1] = sample_from(g->sp, g->q + (size_t)i * V);
+    }
+    double t1 = now_seconds();
+    /* verify [pending, d1..dk] at positions n..n+k */
+    if ((rc = dseek_forward(s, d, k + 1, n, g->logits, 1))) return rc;
+    g->hist[g->n++] = g->pending;
+    g->st.main_forwards++;
+    g->st.drafted += k;
+    int acc = 0;
+    for (; acc < k; acc++) {
+        const float *q = g->q + (size_t)acc * V;
+        sampler_probs(g->sp, g->logits + (size_t)acc * V, g->p);
+        int t = d[acc + 1];
+        double r = rng_uniform(&g->sp->rng);
+        if (g->p[t] >= q[t] || r * q[t] < g->p[t]) { /* accept with probability min(1, p/q) */
+            out[(*n_out)++] = t;
+            g->hist[g->n++] = t;
+            continue;
+        }
+        /* rejected: resample from the residual max(0, p - q), renormalized */
+        double z = 0;
+        for (size_t i = 0; i < V; i++) z += g->p[i] = g->p[i] > q[i] ? g->p[i] - q[i] : 0;
+        for (size_t i = 0; i < V; i++) g->p[i] = (float)(g->p[i] / z);
+        out[(*n_out)++] = g->pending = sample_from(g->sp, g->p);
+        break;
+    }
+    if (acc == k) { /* all accepted: one more token from the last row */
+        sampler_probs(g->sp, g->logits + (size_t)k * V, g->p);
+        out[(*n_out)++] = g->pending = sample_from(g->sp, g->p);
+    }
+    g->st.accepted += acc;
+    g->st.tokens += *n_out;
+    double t2 = now_seconds();
+    /* costs for one draft: the verify forward, and the head's share */
+    ema(&g->t_verify, t2 - t1);
+    ema(&g->t_draft, (t1 - t0) / k);
+    for (int i = 0; i < k; i++) g->alpha = 0.9 * g->alpha + 0.1 * (i < acc);
+    return 0;
+}
+
+void dseek_gen_stats_get(const dseek_gen *g, dseek_gen_stats *st) {
+    *st = g->st;
+    st->acceptance = g->alpha;
+    st->t_plain = g->t_plain;
+    st->t_verify = g->t_verify;
+    st->t_draft = g->t_draft;
+}
+
+int dseek_gen_pos(const dseek_gen *g) { return g->n; }

@@ -34,6 +34,9 @@ typedef struct {
     int n_predict;            /* -n */
     int ids;                  /* --ids */
     int mtp;                  /* --mtp: logits of the MTP head */
+    int no_mtp;               /* --no-mtp */
+    int n_draft;              /* --draft N */
+    int no_adapt;             /* --no-adaptive */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -70,8 +73,11 @@ static void usage(const char *cmd) {
     if (!cmd || !strcmp(cmd, "run"))
         fprintf(stderr,
                 "usage: dseek run -m DIR --tokens 0,5,7 [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
-                "                 [--seed S] [--ids] [-c CTX] [-t THREADS]\n"
-                "  generates N tokens after the prompt and prints their ids, space separated\n");
+                "                 [--seed S] [--ids] [-c CTX] [-t THREADS] [--no-mtp] [--draft N] [--no-adaptive]\n"
+                "  generates N tokens after the prompt and prints their ids, space separated\n"
+                "  models with an MTP layer draft with it (speculative decoding, same output):\n"
+                "  --no-mtp turns that off, --draft N chains N drafts per step (default 1),\n"
+                "  --no-adaptive drafts every step instead of only while it is measured faster\n");
 }
 
 static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
@@ -98,6 +104,9 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--seed")) { a->samp.seed = (uint64_t)parse_long(f, v, 0, 0x7fffffffffffffffL); i++; }
         else if (!strcmp(f, "--ids")) a->ids = 1;
         else if (!strcmp(f, "--mtp")) a->mtp = 1;
+        else if (!strcmp(f, "--no-mtp")) a->no_mtp = 1;
+        else if (!strcmp(f, "--no-adaptive")) a->no_adapt = 1;
+        else if (!strcmp(f, "--draft")) { a->n_draft = (int)parse_long(f, v, 1, 8); i++; }
         else {
             fprintf(stderr, "dseek %s: unknown option \"%s\" (see dseek %s --help)\n", cmd, f, cmd);
             exit(2);
@@ -223,28 +232,36 @@ static int cmd_run(int argc, char **argv) {
     int *tok = parse_tokens(a.tokens, &T);
     dseek_model *m = open_model(a.model, a.threads);
     const dseek_info *info = dseek_model_info(m);
-    int ctx = a.ctx ? a.ctx : T + a.n_predict;
+    int ctx = a.ctx ? a.ctx : T + a.n_predict + 1;
     dseek_session *s = open_session(m, ctx, T < 512 ? T : 512);
-    float *logits = malloc((size_t)info->vocab_size * sizeof(float));
-    dseek_sampler *sp = dseek_sampler_new(&a.samp, info->vocab_size);
-    if (!logits || !sp) die("%s", "out of memory");
-    double t0 = now_s();
-    check(s, dseek_forward(s, tok, T, 0, logits, 0));
+    dseek_gen_cfg gc = {.mtp = !a.no_mtp, .n_draft = a.n_draft ? a.n_draft : 1, .adaptive = !a.no_adapt};
+    dseek_gen *g;
+    if (dseek_gen_new(s, &a.samp, &gc, &g)) die("%s", "out of memory");
+    int out[16], n_out, n = 0, first;
+    if (a.n_predict > 0) {
+        check(s, dseek_gen_feed(g, tok, T, &first));
+        printf("%d", first);
+        n = 1;
+    }
     double t1 = now_s();
-    int pos = T, n = 0;
-    for (; n < a.n_predict; n++) {
-        int next = dseek_sample(sp, logits);
-        printf(n ? " %d" : "%d", next);
+    while (n < a.n_predict) {
+        check(s, dseek_gen_step(g, out, &n_out));
+        for (int i = 0; i < n_out && n < a.n_predict; i++, n++) printf(" %d", out[i]);
         fflush(stdout);
-        if (n + 1 == a.n_predict) { n++; break; }
-        check(s, dseek_forward(s, &next, 1, pos++, logits, 0));
     }
     printf("\n");
     double t2 = now_s();
-    fprintf(stderr, "prompt: %d tokens, %.2f tok/s; generation: %d tokens, %.2f tok/s\n", T, T / (t1 - t0), n,
-            n > 1 ? (n - 1) / (t2 - t1) : 0.0);
-    dseek_sampler_free(sp);
-    free(logits);
+    dseek_gen_stats st;
+    dseek_gen_stats_get(g, &st);
+    fprintf(stderr, "prompt: %ld tokens, %.2f tok/s; generation: %d tokens, %.2f tok/s\n", st.prompt_tokens,
+            st.prompt_seconds > 0 ? st.prompt_tokens / st.prompt_seconds : 0.0, n, n > 1 ? (n - 1) / (t2 - t1) : 0.0);
+    if (info->n_mtp && !a.no_mtp)
+        fprintf(stderr, "mtp: %ld drafts, %ld accepted (%.1f%%), %.2f tokens per main forward; "
+                        "costs: 1-token forward %.2f ms, verify %.2f ms, draft %.2f ms\n",
+                st.drafted, st.accepted, st.drafted ? 100.0 * st.accepted / st.drafted : 0.0,
+                st.main_forwards ? (double)(st.tokens - 1) / st.main_forwards : 0.0, st.t_plain * 1e3,
+                st.t_verify * 1e3, st.t_draft * 1e3);
+    dseek_gen_free(g);
     free(tok);
     dseek_session_free(s);
     dseek_model_free(m);
