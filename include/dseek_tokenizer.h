@@ -59,7 +59,7 @@ int  dseek_token_is_special(const dseek_tokenizer *tok, int id);
 /* Encodes len bytes of text (any bytes: invalid UTF-8 is encoded through its
  * bytes). Prepends the bos id when add_bos is non-zero and a bos exists.
  * On success *ids is malloc'ed (caller frees; NULL when *n_ids is 0).
- * Returns 0, or -1 when out of memory. */
+ * Returns 0, or -1 when out of memory (or on a regex run-time error). */
 int  dseek_tokenize(const dseek_tokenizer *tok, const char *text, size_t len,
                     int add_bos, int **ids, size_t *n_ids);
 

@@ -1804,6 +1804,7 @@ int dseek_gen_step(dseek_gen *g, int *out, int *n_out) {
     }
     g->since_probe = 0;
     /* draft k tokens: the MTP head on (h_{n-1}, pending), then chained on its own output */
+    int behind = g->n - g->mtp_n; /* positions the head catches up on (1 or 2 when steady) */
     if ((rc = mtp_catch_up(g))) return rc;
     int d[MAX_DRAFT + 1];
     d[0] = g->pending;
@@ -1848,7 +1849,7 @@ int dseek_gen_step(dseek_gen *g, int *out, int *n_out) {
     double t2 = now_seconds();
     /* costs for one draft: the verify forward, and the head's share */
     ema(&g->t_verify, t2 - t1);
-    ema(&g->t_draft, (t1 - t0) / k);
+    if (behind <= 2) ema(&g->t_draft, (t1 - t0) / k); /* a long catch-up is no draft's cost */
     for (int i = 0; i < k; i++) g->alpha = 0.9 * g->alpha + 0.1 * (i < acc);
     return 0;
 }

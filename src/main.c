@@ -37,6 +37,7 @@ typedef struct {
     int no_mtp;               /* --no-mtp */
     int n_draft;              /* --draft N */
     int no_adapt;             /* --no-adaptive */
+    int batch;                /* -b: most tokens per forward step */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -73,7 +74,7 @@ static void usage(const char *cmd) {
     if (!cmd || !strcmp(cmd, "run"))
         fprintf(stderr,
                 "usage: dseek run -m DIR --tokens 0,5,7 [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
-                "                 [--seed S] [--ids] [-c CTX] [-t THREADS] [--no-mtp] [--draft N] [--no-adaptive]\n"
+                "                 [--seed S] [--ids] [-c CTX] [-b BATCH] [-t THREADS] [--no-mtp] [--draft N] [--no-adaptive]\n"
                 "  generates N tokens after the prompt and prints their ids, space separated\n"
                 "  models with an MTP layer draft with it (speculative decoding, same output):\n"
                 "  --no-mtp turns that off, --draft N chains N drafts per step (default 1),\n"
@@ -103,6 +104,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--min-p")) { a->samp.min_p = parse_float(f, v, 0, 1); i++; }
         else if (!strcmp(f, "--seed")) { a->samp.seed = (uint64_t)parse_long(f, v, 0, 0x7fffffffffffffffL); i++; }
         else if (!strcmp(f, "--ids")) a->ids = 1;
+        else if (!strcmp(f, "-b") || !strcmp(f, "--batch")) { a->batch = (int)parse_long(f, v, 1, 1 << 16); i++; }
         else if (!strcmp(f, "--mtp")) a->mtp = 1;
         else if (!strcmp(f, "--no-mtp")) a->no_mtp = 1;
         else if (!strcmp(f, "--no-adaptive")) a->no_adapt = 1;
@@ -233,7 +235,7 @@ static int cmd_run(int argc, char **argv) {
     dseek_model *m = open_model(a.model, a.threads);
     const dseek_info *info = dseek_model_info(m);
     int ctx = a.ctx ? a.ctx : T + a.n_predict + 1;
-    dseek_session *s = open_session(m, ctx, T < 512 ? T : 512);
+    dseek_session *s = open_session(m, ctx, a.batch ? a.batch : T < 512 ? T : 512);
     dseek_gen_cfg gc = {.mtp = !a.no_mtp, .n_draft = a.n_draft ? a.n_draft : 1, .adaptive = !a.no_adapt};
     dseek_gen *g;
     if (dseek_gen_new(s, &a.samp, &gc, &g)) die("%s", "out of memory");

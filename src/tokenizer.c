@@ -247,12 +247,15 @@ static size_t tk_space_suffix(const char *s, size_t n) {
     return n - i;
 }
 
-/* ASCII word character (used for added tokens' single_word flag). */
+/* Word byte for added tokens' single_word flag: ASCII letters, digits and
+ * '_', and every non-ASCII byte (a cheap stand-in for Unicode
+ * alphanumerics). */
 static int tk_is_word_byte(unsigned char c) {
     return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') ||
            (c >= 'a' && c <= 'z') || c == '_' || c >= 0x80;
 }
 
+/* Hash of a byte string (FNV-1a with a final mix). */
 static uint64_t tk_hash(const void *p, size_t n) {
     const unsigned char *s = p;
     uint64_t h = 0xcbf29ce484222325ULL;           /* FNV-1a */
@@ -260,6 +263,7 @@ static uint64_t tk_hash(const void *p, size_t n) {
     return h ^ (h >> 29);
 }
 
+/* Mixes a 64-bit key (for the pair map). */
 static uint64_t tk_mix64(uint64_t x) {
     x ^= x >> 33; x *= 0xff51afd7ed558ccdULL;
     x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL;
@@ -290,6 +294,7 @@ static int tk_strtab_init(tk_strtab *t, size_t n) {
     return 0;
 }
 
+/* Frees the table's storage. */
 static void tk_strtab_free(tk_strtab *t) {
     free(t->pool); free(t->off); free(t->len);
     memset(t, 0, sizeof *t);
@@ -307,6 +312,7 @@ static int tk_strtab_set(tk_strtab *t, size_t id, const char *s, size_t n) {
     return 0;
 }
 
+/* String of id and its length, or NULL if the id has none. */
 static const char *tk_strtab_get(const tk_strtab *t, int id, size_t *len) {
     if (id < 0 || (size_t)id >= t->n || t->off[id] == UINT32_MAX) return NULL;
     if (len) *len = t->len[id];
@@ -318,6 +324,7 @@ typedef struct {
     size_t   mask;          /* slots - 1 (power of two) */
 } tk_strmap;
 
+/* Allocates an empty map for about n_keys keys. Returns 0 or -1. */
 static int tk_strmap_init(tk_strmap *m, size_t n_keys) {
     size_t cap = 16;
     while (cap < n_keys * 2 + 1) cap *= 2;
@@ -361,6 +368,7 @@ typedef struct {
     size_t    mask;         /* slots - 1 (power of two) */
 } tk_pairmap;
 
+/* Allocates an empty map for about n_keys pairs. Returns 0 or -1. */
 static int tk_pairmap_init(tk_pairmap *m, size_t n_keys) {
     size_t cap = 16;
     while (cap < n_keys * 2 + 1) cap *= 2;
@@ -373,6 +381,7 @@ static int tk_pairmap_init(tk_pairmap *m, size_t n_keys) {
     return 0;
 }
 
+/* Frees the map's storage. */
 static void tk_pairmap_free(tk_pairmap *m) {
     free(m->key); free(m->rank); free(m->out);
     memset(m, 0, sizeof *m);
@@ -433,11 +442,13 @@ typedef struct {
     int       used;         /* 1 once a token was inserted */
 } tk_trie;
 
+/* Makes an empty trie. */
 static void tk_trie_init(tk_trie *t) {
     memset(t, 0, sizeof *t);
     for (int i = 0; i < 256; i++) t->root[i] = -1;
 }
 
+/* Appends a fresh node for byte. Returns its index or -1 (no memory). */
 static int32_t tk_trie_node(tk_trie *t, unsigned char byte) {
     if (tk_grow(&t->node, &t->cap, t->n + 1, sizeof *t->node)) return -1;
     tk_tnode *x = &t->node[t->n];
@@ -641,8 +652,10 @@ struct dseek_tokenizer {
     int         think_prompt;   /* R1 generation prompt opens <think> */
 };
 
+/* Frees the trie's nodes. */
 static void tk_trie_free(tk_trie *t) { free(t->node); t->node = NULL; }
 
+/* Frees everything the tokenizer owns (NULL is fine). */
 void dseek_tokenizer_free(dseek_tokenizer *tok) {
     if (!tok) return;
     tk_strtab_free(&tok->vocab);
@@ -1369,6 +1382,8 @@ static void tk_detect_family(dseek_tokenizer *tok, const char *tpl) {
     }
 }
 
+/* Reads tokenizer_config.json: add_bos_token, bos/eos and the chat
+ * template family. */
 static int tk_load_config(dseek_tokenizer *tok, tk_ctx *c, const cJSON *root) {
     if (!cJSON_IsObject(root))
         return tk_fail(c->err, c->errlen, "%s: not a JSON object", c->file);
@@ -1434,6 +1449,7 @@ static cJSON *tk_parse_file(const char *path, tk_ctx *c) {
     return root;
 }
 
+/* Loads both files; on failure *out is NULL and err names file and field. */
 int dseek_tokenizer_load_files(const char *tokenizer_json,
                                const char *config_path, dseek_tokenizer **out,
                                char *err, size_t errlen) {
@@ -1473,6 +1489,7 @@ fail:
     return -1;
 }
 
+/* Loads DIR/tokenizer.json and DIR/tokenizer_config.json. */
 int dseek_tokenizer_load(const char *dir, dseek_tokenizer **out, char *err,
                          size_t errlen) {
     size_t n = strlen(dir);
@@ -1490,15 +1507,18 @@ int dseek_tokenizer_load(const char *dir, dseek_tokenizer **out, char *err,
     return rc;
 }
 
+/* Simple getters (see dseek_tokenizer.h). */
 size_t dseek_vocab_size(const dseek_tokenizer *tok) { return tok->n_vocab; }
 int dseek_bos_id(const dseek_tokenizer *tok) { return tok->bos_id; }
 int dseek_eos_id(const dseek_tokenizer *tok) { return tok->eos_id; }
 int dseek_add_bos_default(const dseek_tokenizer *tok) { return tok->add_bos; }
 
+/* Id of a stored piece: added token content first, then the vocabulary. */
 int dseek_token_id(const dseek_tokenizer *tok, const char *piece) {
     return tk_lookup(tok, piece, strlen(piece));
 }
 
+/* Stored piece of id (added token content or vocabulary string). */
 const char *dseek_token_piece(const dseek_tokenizer *tok, int id) {
     if (id < 0 || (size_t)id >= tok->n_vocab) return NULL;
     for (size_t i = 0; i < tok->n_added; i++)
@@ -1506,6 +1526,7 @@ const char *dseek_token_piece(const dseek_tokenizer *tok, int id) {
     return tk_strtab_get(&tok->vocab, id, NULL);
 }
 
+/* 1 if id is a special added token. */
 int dseek_token_is_special(const dseek_tokenizer *tok, int id) {
     return id >= 0 && (size_t)id < tok->n_vocab && tok->is_special[id];
 }
@@ -1551,13 +1572,15 @@ typedef struct {            /* scratch state of one dseek_tokenize call */
     size_t     n_ids, cap_ids;
 } tk_enc;
 
+/* Appends one id to the output. Returns 0 or -1 (no memory). */
 static int tk_emit(tk_enc *e, int id) {
     if (tk_grow(&e->ids, &e->cap_ids, e->n_ids + 1, sizeof *e->ids)) return -1;
     e->ids[e->n_ids++] = id;
     return 0;
 }
 
-static void tk_heap_push(tk_enc *e, uint64_t k) {       /* capacity ensured */
+/* Pushes k onto the min-heap of merge candidates. */
+static void tk_heap_push(tk_enc *e, uint64_t k) {   /* capacity ensured */
     size_t i = e->n_heap++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
@@ -1568,6 +1591,7 @@ static void tk_heap_push(tk_enc *e, uint64_t k) {       /* capacity ensured */
     e->heap[i] = k;
 }
 
+/* Pops the smallest key (lowest rank, then leftmost position). */
 static uint64_t tk_heap_pop(tk_enc *e) {
     uint64_t top = e->heap[0], k = e->heap[--e->n_heap];
     size_t i = 0, n = e->n_heap;
@@ -1605,6 +1629,7 @@ static int tk_char_id(const dseek_tokenizer *tok, const char *s, size_t n) {
  * Returns 0 or -1 (no memory). */
 static int tk_bpe(tk_enc *e, const char *s, size_t n) {
     const dseek_tokenizer *tok = e->tok;
+    if (n > (size_t)INT32_MAX / 4) return -1;       /* positions are ints */
     if (tok->ignore_merges) {
         int id = tk_strmap_get(&tok->vocab_map, &tok->vocab, s, n);
         if (id >= 0) return tk_emit(e, id);
@@ -1921,6 +1946,8 @@ static int tk_normalized(tk_enc *e, const char *s, size_t n) {
                           tk_section);
 }
 
+/* Encodes text: [bos] + added tokens / normalizer / pre-tokenizer / BPE.
+ * All scratch state lives in this call; the tokenizer is only read. */
 int dseek_tokenize(const dseek_tokenizer *tok, const char *text, size_t len,
                    int add_bos, int **ids, size_t *n_ids) {
     tk_enc e;
@@ -1965,7 +1992,7 @@ typedef struct {
 /* Appends n bytes (a fixed sink keeps room for the final NUL). */
 static void tk_sink_put(tk_sink *k, const void *s, size_t n) {
     if (k->fixed) {
-        if (k->cap && k->n < k->cap - 1) {
+        if (n && k->cap && k->n < k->cap - 1) {
             size_t room = k->cap - 1 - k->n;
             memcpy(k->p + k->n, s, n < room ? n : room);
         }
@@ -1976,11 +2003,12 @@ static void tk_sink_put(tk_sink *k, const void *s, size_t n) {
         k->oom = 1;
         return;
     }
-    memcpy(k->p + k->n, s, n);
+    if (n) memcpy(k->p + k->n, s, n);
     k->n += n;
     k->p[k->n] = 0;
 }
 
+/* U+FFFD REPLACEMENT CHARACTER in UTF-8. */
 static const char tk_fffd[3] = {(char)0xEF, (char)0xBF, (char)0xBD};
 
 typedef struct {
@@ -2011,7 +2039,7 @@ static void tk_utf8_feed(tk_utf8 *u, const unsigned char *s, size_t n,
         }
     }
     size_t run = 0, i = 0;
-    while (i < n) {
+    while (i < n) {                         /* (s may be NULL when n is 0) */
         size_t l = tk_utf8_check(s + i, n - i, &bad);
         if (l) { i += l; continue; }
         tk_sink_put(out, s + run, i - run);
@@ -2025,7 +2053,7 @@ static void tk_utf8_feed(tk_utf8 *u, const unsigned char *s, size_t n,
         }
         run = i;
     }
-    tk_sink_put(out, s + run, n - run);
+    if (n > run) tk_sink_put(out, s + run, n - run);
     if (final && u->n_pend) {
         tk_sink_put(out, tk_fffd, 3);
         u->n_pend = 0;
@@ -2040,6 +2068,7 @@ static const char *tk_id_bytes(const dseek_tokenizer *tok, int id, int flags,
     return tk_strtab_get(&tok->dec, id, len);
 }
 
+/* Whole decode with snprintf-like output (see dseek_tokenizer.h). */
 size_t dseek_detokenize(const dseek_tokenizer *tok, const int *ids, size_t n,
                         int flags, char *out, size_t cap) {
     tk_sink k = {out, 0, cap, 1, 0};
@@ -2063,6 +2092,7 @@ struct dseek_detok_stream {
     tk_sink out;            /* text returned by the last call */
 };
 
+/* New streaming decoder (NULL when out of memory). */
 dseek_detok_stream *dseek_detok_stream_new(const dseek_tokenizer *tok,
                                            int flags) {
     dseek_detok_stream *s = calloc(1, sizeof *s);
@@ -2082,6 +2112,7 @@ static const char *tk_stream_take(dseek_detok_stream *s, size_t *len) {
     return s->out.p;
 }
 
+/* Decodes one more id; returns the complete characters now available. */
 const char *dseek_detok_stream_push(dseek_detok_stream *s, int id,
                                     size_t *len) {
     size_t n;
@@ -2095,6 +2126,7 @@ const char *dseek_detok_stream_push(dseek_detok_stream *s, int id,
     return tk_stream_take(s, len);
 }
 
+/* End of stream: held-back bytes come out as U+FFFD. */
 const char *dseek_detok_stream_flush(dseek_detok_stream *s, size_t *len) {
     s->out.n = 0;
     if (s->out.p) s->out.p[0] = 0;
@@ -2102,6 +2134,7 @@ const char *dseek_detok_stream_flush(dseek_detok_stream *s, size_t *len) {
     return tk_stream_take(s, len);
 }
 
+/* Frees the stream (NULL is fine). */
 void dseek_detok_stream_free(dseek_detok_stream *s) {
     if (!s) return;
     free(s->out.p);
@@ -2127,10 +2160,12 @@ void dseek_detok_stream_free(dseek_detok_stream *s) {
 #define TK_ASSISTANT "<\xef\xbd\x9c" "Assistant\xef\xbd\x9c>"
 #define TK_EOS_V3    "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>"
 
+/* Chat family recognised from tokenizer_config.json's chat_template. */
 dseek_chat_family dseek_chat_family_of(const dseek_tokenizer *tok) {
     return tok->family;
 }
 
+/* Short name of a family (for logs). */
 const char *dseek_chat_family_name(dseek_chat_family f) {
     switch (f) {
     case DSEEK_CHAT_V2: return "deepseek-v2";
@@ -2140,12 +2175,15 @@ const char *dseek_chat_family_name(dseek_chat_family f) {
     }
 }
 
+/* 1 if the rendered generation prompt already opens <think>. */
 int dseek_chat_prompt_opens_think(const dseek_tokenizer *tok) {
     return tok->family == DSEEK_CHAT_R1 && tok->think_prompt;
 }
 
+/* Appends a NUL-terminated string. */
 static void tk_sink_puts(tk_sink *k, const char *s) { tk_sink_put(k, s, strlen(s)); }
 
+/* Renders msgs the way the family's Jinja template does; malloc'ed. */
 char *dseek_chat_render(const dseek_tokenizer *tok, const dseek_chat_msg *msgs,
                         size_t n, int add_generation_prompt) {
     tk_sink k = {0};
@@ -2221,11 +2259,14 @@ static const char *tk_think_tag(const dseek_think *t) {
     return t->in_think ? "</think>" : "<think>";
 }
 
+/* Starts a splitter outside (or inside) a think block. */
 void dseek_think_init(dseek_think *t, int start_inside) {
     t->in_think = start_inside ? 1 : 0;
     t->matched = 0;
 }
 
+/* Feeds text; runs of text go to cb tagged in/out of the think block,
+ * the tags themselves are dropped, a partial tag at the end is held. */
 void dseek_think_push(dseek_think *t, const char *s, size_t n,
                       dseek_think_cb cb, void *ud) {
     size_t run = 0;                 /* start of text not yet passed to cb */
@@ -2254,6 +2295,7 @@ void dseek_think_push(dseek_think *t, const char *s, size_t n,
     if (!t->matched && n > run) cb(ud, t->in_think, s + run, n - run);
 }
 
+/* End of stream: a held partial tag is emitted as text. */
 void dseek_think_flush(dseek_think *t, dseek_think_cb cb, void *ud) {
     if (t->matched) cb(ud, t->in_think, tk_think_tag(t), t->matched);
     t->matched = 0;
