@@ -5,9 +5,9 @@
 #   make test         every test (tests/run_all.sh)
 #   make asan-test    every test under AddressSanitizer + UndefinedBehaviorSanitizer
 CC      ?= cc
-PKGS    := openblas libcjson
+PKGS    := openblas libcjson libpcre2-8
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lopenblas -lcjson)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null || echo -lopenblas -lcjson -lpcre2-8)
 OPT     ?= -O3
 ifeq ($(PORTABLE),1)
 ARCH    :=

@@ -3,6 +3,7 @@
 #include "dseek.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,9 @@ typedef struct {
     int n_draft;              /* --draft N */
     int no_adapt;             /* --no-adaptive */
     int batch;                /* -b: most tokens per forward step */
+    int n_prompt;             /* bench -p */
+    int reps;                 /* bench -r */
+    int json;                 /* bench --json */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -65,6 +69,13 @@ static float parse_float(const char *flag, const char *v, float lo, float hi) {
 }
 
 static void usage(const char *cmd) {
+    if (!cmd || !strcmp(cmd, "bench"))
+        fprintf(stderr,
+                "usage: dseek bench -m DIR [-p 512] [-n 128] [-r 3] [-t THREADS] [--json] [--no-mtp]\n"
+                "  prefill of p random tokens and decode of n tokens, repeated r times: tokens/s (mean +- sd),\n"
+                "  model bytes, bytes read per decoded token, latent-cache bytes per token, resident memory,\n"
+                "  and decode speed against the memory-bandwidth roofline measured in the same run;\n"
+                "  models with an MTP layer are also decoded with speculative decoding\n");
     if (!cmd || !strcmp(cmd, "logits"))
         fprintf(stderr,
                 "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [--mtp] [-c CTX] [-t THREADS]\n"
@@ -104,6 +115,9 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--min-p")) { a->samp.min_p = parse_float(f, v, 0, 1); i++; }
         else if (!strcmp(f, "--seed")) { a->samp.seed = (uint64_t)parse_long(f, v, 0, 0x7fffffffffffffffL); i++; }
         else if (!strcmp(f, "--ids")) a->ids = 1;
+        else if (!strcmp(f, "-p") && !strcmp(cmd, "bench")) { a->n_prompt = (int)parse_long(f, v, 0, 1 << 20); i++; }
+        else if (!strcmp(f, "-r")) { a->reps = (int)parse_long(f, v, 1, 1000); i++; }
+        else if (!strcmp(f, "--json")) a->json = 1;
         else if (!strcmp(f, "-b") || !strcmp(f, "--batch")) { a->batch = (int)parse_long(f, v, 1, 1 << 16); i++; }
         else if (!strcmp(f, "--mtp")) a->mtp = 1;
         else if (!strcmp(f, "--no-mtp")) a->no_mtp = 1;
@@ -116,6 +130,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
 #undef VAL
     }
     if (!a->model) die("%s: -m DIR is required", cmd);
+    if (a->n_predict < 0) die("%s: -n must be >= 0", cmd);
 }
 
 /* Parses "0,5,7" into a malloc'd array. */
@@ -270,16 +285,131 @@ static int cmd_run(int argc, char **argv) {
     return 0;
 }
 
+static long rss_kib(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long v = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, key, strlen(key))) v = atol(line + strlen(key));
+    if (f) fclose(f);
+    return v;
+}
+
+static void mean_sd(const double *x, int n, double *mean, double *sd) {
+    double s = 0, q = 0;
+    for (int i = 0; i < n; i++) s += x[i];
+    *mean = s / n;
+    for (int i = 0; i < n; i++) q += (x[i] - *mean) * (x[i] - *mean);
+    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
+}
+
+/* Decodes n tokens after bos; returns tokens/s over the steps and fills st. */
+static double bench_decode(dseek_session *s, const dseek_info *info, int n, int mtp, dseek_gen_stats *st) {
+    dseek_sampler_cfg sc = {.temperature = 0, .top_p = 1};
+    dseek_gen_cfg gc = {.mtp = mtp, .n_draft = 1, .adaptive = 1};
+    dseek_gen *g;
+    if (dseek_gen_new(s, &sc, &gc, &g)) die("%s", "out of memory");
+    int bos = info->bos_token_id < info->vocab_size ? info->bos_token_id : 0, first, out[16], k, got = 1;
+    check(s, dseek_gen_feed(g, &bos, 1, &first));
+    double t0 = now_s();
+    while (got < n) {
+        check(s, dseek_gen_step(g, out, &k));
+        got += k;
+    }
+    double t = now_s() - t0;
+    dseek_gen_stats_get(g, st);
+    dseek_gen_free(g);
+    return (got - 1) / t;
+}
+
+static int cmd_bench(int argc, char **argv) {
+    Args a;
+    parse_args(argc, argv, &a, "bench");
+    int P = a.n_prompt, N = a.n_predict, R = a.reps ? a.reps : 3;
+    int explicit_p = 0, explicit_n = 0;
+    for (int i = 2; i < argc; i++) {
+        explicit_p |= !strcmp(argv[i], "-p");
+        explicit_n |= !strcmp(argv[i], "-n");
+    }
+    if (!explicit_p) P = 512;
+    if (!explicit_n) N = 128;
+    dseek_model *m = open_model(a.model, a.threads);
+    const dseek_info *info = dseek_model_info(m);
+    dseek_session *s = open_session(m, a.ctx ? a.ctx : (P > N + 2 ? P : N + 2) + 16, P > 512 ? 512 : P > 0 ? P : 1);
+    int *tok = malloc((size_t)(P > 0 ? P : 1) * sizeof(int));
+    uint64_t r = 42;
+    for (int i = 0; i < P; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        tok[i] = i == 0 ? info->bos_token_id % info->vocab_size : (int)((r >> 33) % (uint64_t)info->vocab_size);
+    }
+    double bw = dseek_memory_bandwidth((size_t)512 << 20);
+    double pp[1000], tg[1000], tgm[1000];
+    dseek_gen_stats st = {0}, stm = {0};
+    int mtp = info->n_mtp && !a.no_mtp;
+    for (int rep = 0; rep < R; rep++) {
+        if (P > 0) {
+            double t0 = now_s();
+            check(s, dseek_forward(s, tok, P, 0, NULL, 0));
+            pp[rep] = P / (now_s() - t0);
+        }
+        if (N > 1) {
+            tg[rep] = bench_decode(s, info, N, 0, &st);
+            if (mtp) tgm[rep] = bench_decode(s, info, N, 1, &stm);
+        }
+    }
+    double ppm, pps, tgmn, tgs, tmm, tms;
+    mean_sd(pp, R, &ppm, &pps);
+    mean_sd(tg, R, &tgmn, &tgs);
+    mean_sd(tgm, R, &tmm, &tms);
+    double roof = bw > 0 ? bw / (double)info->decode_bytes_per_token : 0;
+    long rss = rss_kib("VmHWM:");
+    if (a.json) {
+        printf("{\"model\": \"%s\", \"params\": %zu, \"model_bytes\": %zu, \"decode_bytes_per_token\": %zu, "
+               "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.2f, \"peak_rss_mib\": %.1f}\n",
+               a.model, info->n_params, info->weight_bytes, info->decode_bytes_per_token, info->cache_bytes_per_token,
+               bw / 1e9, rss / 1024.0);
+        if (P > 0) printf("{\"test\": \"pp%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d}\n", P, ppm, pps, R);
+        if (N > 1) printf("{\"test\": \"tg%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"roofline_tokens_per_s\": %.3f, \"roofline_pct\": %.1f}\n",
+                          N, tgmn, tgs, R, roof, roof > 0 ? 100 * tgmn / roof : 0);
+        if (N > 1 && mtp)
+            printf("{\"test\": \"tg%d_mtp\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"speedup\": %.3f, "
+                   "\"acceptance\": %.4f, \"tokens_per_forward\": %.3f, \"verify_over_forward\": %.3f, \"draft_over_forward\": %.3f}\n",
+                   N, tmm, tms, R, tmm / tgmn, stm.drafted ? (double)stm.accepted / stm.drafted : 0,
+                   stm.main_forwards ? (double)(stm.tokens - 1) / stm.main_forwards : 0,
+                   stm.t_plain > 0 ? stm.t_verify / stm.t_plain : 0, stm.t_plain > 0 ? stm.t_draft / stm.t_plain : 0);
+    } else {
+        printf("model: %s\n  %.3f B params, %.2f GiB of weights, decode reads %.3f GiB/token, latent cache %.1f KiB/token\n",
+               a.model, info->n_params / 1e9, info->weight_bytes / 1073741824.0,
+               info->decode_bytes_per_token / 1073741824.0, info->cache_bytes_per_token / 1024.0);
+        printf("  memory read bandwidth (measured now): %.1f GB/s; peak resident memory %.1f MiB\n", bw / 1e9, rss / 1024.0);
+        if (P > 0) printf("pp%-5d %9.2f +- %.2f tok/s   (%d reps)\n", P, ppm, pps, R);
+        if (N > 1) printf("tg%-5d %9.2f +- %.2f tok/s   (%.0f%% of the %.2f tok/s bandwidth roofline)\n", N, tgmn, tgs,
+                          roof > 0 ? 100 * tgmn / roof : 0, roof);
+        if (N > 1 && mtp)
+            printf("tg%-5d %9.2f +- %.2f tok/s with MTP (x%.2f): acceptance %.1f%%, %.2f tokens per main forward,\n"
+                   "          verify forward = %.2f x a 1-token forward, one draft = %.2f x a forward\n",
+                   N, tmm, tms, tmm / tgmn, stm.drafted ? 100.0 * stm.accepted / stm.drafted : 0,
+                   stm.main_forwards ? (double)(stm.tokens - 1) / stm.main_forwards : 0,
+                   stm.t_plain > 0 ? stm.t_verify / stm.t_plain : 0, stm.t_plain > 0 ? stm.t_draft / stm.t_plain : 0);
+    }
+    free(tok);
+    dseek_session_free(s);
+    dseek_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         fprintf(stderr, "usage: dseek COMMAND [options]   (dseek COMMAND --help for each)\n"
                         "commands:\n"
                         "  logits   write the logits of a token sequence as .npy\n"
-                        "  run      generate tokens after a prompt\n");
+                        "  run      generate tokens after a prompt\n"
+                        "  bench    measure prefill and decode speed\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc, argv);
     if (!strcmp(argv[1], "run")) return cmd_run(argc, argv);
+    if (!strcmp(argv[1], "bench")) return cmd_bench(argc, argv);
     fprintf(stderr, "dseek: unknown command \"%s\" (see dseek --help)\n", argv[1]);
     return 2;
 }

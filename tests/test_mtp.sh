@@ -46,8 +46,8 @@ for m in "${models[@]}"; do
 done
 
 # speculative sampling keeps the distribution
-${DSEEK_CC:-cc} -O2 -std=c11 -Wall -Wextra -Iinclude -fopenmp $(pkg-config --cflags openblas libcjson) tests/test_spec.c src/dseek.c \
-   -o "$tmp/test_spec" $(pkg-config --libs openblas libcjson) -lm || bad "build test_spec"
+${DSEEK_CC:-cc} -O2 -std=c11 -Wall -Wextra -Iinclude -fopenmp $(pkg-config --cflags openblas libcjson libpcre2-8) tests/test_spec.c src/dseek.c \
+   -o "$tmp/test_spec" $(pkg-config --libs openblas libcjson libpcre2-8) -lm || bad "build test_spec"
 if [ -x "$tmp/test_spec" ]; then
   if OMP_NUM_THREADS=1 "$tmp/test_spec" "$tmp/noisy" ${DSEEK_SPEC_N:-1500}; then ok "speculative sampling distribution"; else bad "speculative sampling distribution"; fi
 fi

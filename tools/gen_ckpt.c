@@ -1,23 +1,18 @@
 /*
  * gen_ckpt.c - write random DeepSeek-V2/V3 checkpoints in exact Hugging Face layout.
  *
- * Output: DIR/config.json plus either DIR/model.safetensors or N shards
- * DIR/model-0000i-of-0000N.safetensors with DIR/model.safetensors.index.json.
- * Tensor names, dtypes, shapes and order follow the released checkpoints (see
- * shared/SPEC.md); fp8 mode stores attention and MLP/expert projections as
- * F8_E4M3 with F32 128x128 block `weight_scale_inv`, everything else BF16
- * (e_score_correction_bias is always F32). --twin-f32 DIR2 writes the same model
- * once more with every tensor in F32 holding exactly the dequantized values.
+ * Output: DIR/config.json plus DIR/model.safetensors, or N shards model-0000i-of-0000N
+ * .safetensors with model.safetensors.index.json. Names, dtypes, shapes and order follow
+ * the released checkpoints (shared/SPEC.md). fp8 mode: attention and MLP/expert projections
+ * are F8_E4M3 with F32 128x128-block `weight_scale_inv`, the rest BF16, the router bias F32.
+ * --twin-f32 DIR2 writes the same model with every tensor F32 = the dequantized values.
  *
- * Contract: libc + libm only, C11, single-threaded, streaming. Every shard's
- * header is computed before its data, then tensors are generated and written
- * 128 rows at a time, so memory use is a few buffers of 128 rows whatever the
- * model size. Values are deterministic: each tensor draws from its own PRNG
- * stream keyed by (--seed, tensor name), so they do not depend on the dtype,
- * the shard count or the number of layers.
- *
- * Build: cc -O2 -std=c11 -Wall -Wextra tools/gen_ckpt.c -o tools/gen_ckpt -lm
+ * Contract: C11, libc + libm, single-threaded, streaming: a shard's header is computed
+ * before its data, tensors are generated and written 128 rows at a time, so memory stays
+ * small whatever the model size. Each tensor draws from its own PRNG stream keyed by
+ * (--seed, name): values do not depend on dtype, shard count or layer count.
  * Errors print one line to stderr and exit with status 2.
+ * Build: cc -O2 -std=c11 -Wall -Wextra tools/gen_ckpt.c -o tools/gen_ckpt -lm
  */
 #define _POSIX_C_SOURCE 200809L
 #include <dirent.h>
@@ -41,8 +36,8 @@ static void die(const char *fmt, ...) {
     va_start(ap, fmt);
     fputs("gen_ckpt: error: ", stderr);
     vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
     va_end(ap);
+    fputc('\n', stderr);
     exit(2);
 }
 
@@ -95,16 +90,14 @@ static void write_text(const char *dir, const char *name, const sb_t *b) {
 
 /* mkdir -p */
 static void make_dirs(const char *dir) {
-    char *p = strf("%s", dir);
+    char *p = strf("%s", dir), c;
+    struct stat st;
     for (char *s = p + 1;; s++) {
-        if (*s != '/' && *s != '\0') continue;
-        char c = *s;
+        if ((c = *s) && c != '/') continue;
         *s = '\0';
         if (mkdir(p, 0777) != 0 && errno != EEXIST) die("cannot create directory %s: %s", p, strerror(errno));
-        *s = c;
-        if (!c) break;
+        if (!(*s = c)) break;
     }
-    struct stat st;
     if (stat(p, &st) != 0 || !S_ISDIR(st.st_mode)) die("%s is not a directory", p);
     free(p);
 }
@@ -115,15 +108,12 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Shortest decimal that reads back as x; integral values get ".0" when is_float. */
-static char *jnum(double x, int is_float) {
-    if (x == floor(x) && fabs(x) < 1e15) return strf(is_float ? "%.1f" : "%.0f", x);
-    for (int p = 1; p < 17; p++) {
-        char *s = strf("%.*g", p, x);
-        if (strtod(s, NULL) == x) return s;
-        free(s);
-    }
-    return strf("%.17g", x);
+/* Shortest decimal that reads back as x (as Python prints it); integral values get ".0"
+ * when is_float. Returns buf (32 bytes). */
+static char *jnum(char *buf, double x, int is_float) {
+    if (x == floor(x) && fabs(x) < 1e15) snprintf(buf, 32, is_float ? "%.1f" : "%.0f", x);
+    else for (int p = 1; p <= 17; p++) if (snprintf(buf, 32, "%.*g", p, x) && strtod(buf, NULL) == x) break;
+    return buf;
 }
 
 /* ============================ random numbers ============================= */
@@ -136,12 +126,14 @@ static inline uint64_t rng_next(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-/* Approximately standard normal: Irwin-Hall sum of four 16-bit uniforms, unit variance. */
-static inline float rnd_normal(uint64_t *s) {
+/* Approximately normal: Irwin-Hall sum of four 16-bit uniforms, centred; times IH_UNIT it
+ * has unit variance (bounded at +-3.46 sigma). */
+#define IH_UNIT 2.6428e-5f /* sqrt(3) / 65536 */
+static inline float rnd_ih(uint64_t *s) {
     uint64_t r = rng_next(s);
     int32_t t = (int32_t)(r & 0xFFFF) + (int32_t)((r >> 16) & 0xFFFF) +
                 (int32_t)((r >> 32) & 0xFFFF) + (int32_t)(r >> 48);
-    return (float)(t - 131070) * 2.6428e-5f; /* sqrt(3) / 65536 */
+    return (float)(t - 131070);
 }
 
 /* Uniform on [-1, 1). */
@@ -154,9 +146,7 @@ static uint64_t tensor_stream(uint64_t seed, const char *name) {
     uint64_t h = 0xCBF29CE484222325ull;
     for (const char *c = name; *c; c++) h = (h ^ (uint8_t)*c) * 0x100000001B3ull;
     uint64_t s = seed;
-    s = rng_next(&s) ^ h;
-    rng_next(&s);
-    return s;
+    return rng_next(&s) ^ h;
 }
 
 /* ============================ number formats ============================= */
@@ -167,6 +157,9 @@ static const size_t DT_SIZE[] = {4, 2, 2, 1};
 
 static inline uint32_t f2u(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float u2f(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/* Round 0 <= v < 2^22 to the nearest integer, ties to even (no libm call, unlike rintf). */
+static inline uint32_t rne_u(float v) { return (uint32_t)((v + 12582912.0f) - 12582912.0f); }
 
 /* f32 -> bf16, round to nearest even (inputs are finite). */
 static inline uint16_t to_bf16(float x) {
@@ -179,36 +172,32 @@ static inline uint16_t to_f16(float x) {
     uint32_t u = f2u(x), sign = (u >> 16) & 0x8000u;
     u &= 0x7FFFFFFFu;
     if (u >= 0x47800000u) return (uint16_t)(sign | 0x7C00u);           /* >= 65536 */
-    if (u < 0x38800000u) return (uint16_t)(sign | (uint32_t)rintf(u2f(u) * 16777216.0f)); /* < 2^-14 */
+    if (u < 0x38800000u) return (uint16_t)(sign | rne_u(u2f(u) * 16777216.0f)); /* < 2^-14 */
     u += 0xFFFu + ((u >> 13) & 1u);
     uint32_t h = (u >> 13) - (112u << 10);
     return (uint16_t)(sign | (h >= 0x7C00u ? 0x7C00u : h));
 }
 
-/* f32 -> e4m3fn (bias 7, max 448, no inf), round to nearest even, saturating. */
+/* f32 -> e4m3fn (bias 7, max 448, no inf), round to nearest even, saturating at 448. */
 static inline uint8_t to_fp8(float x) {
     uint32_t u = f2u(x), sign = (u >> 24) & 0x80u;
     u &= 0x7FFFFFFFu;
-    float a = u2f(u);
-    if (a >= 448.0f) return (uint8_t)(sign | 0x7Eu);
-    if (a < 0.015625f) return (uint8_t)(sign | (uint32_t)rintf(a * 512.0f)); /* subnormal: m * 2^-9 */
-    u += 0x7FFFFu + ((u >> 20) & 1u);
-    uint32_t r = (u >> 20) - (120u << 3);                                    /* rebias 127 -> 7 */
-    return (uint8_t)(sign | (r > 0x7Eu ? 0x7Eu : r));
+    if (u - 0x3C800000u < 0x43E00000u - 0x3C800000u)           /* 2^-6 <= |x| < 448: normal */
+        return (uint8_t)(sign | (((u + 0x7FFFFu + ((u >> 20) & 1u)) >> 20) - (120u << 3)));
+    if (u >= 0x43E00000u) return (uint8_t)(sign | 0x7Eu);      /* |x| >= 448 */
+    return (uint8_t)(sign | rne_u(u2f(u) * 512.0f));           /* subnormal: m * 2^-9 */
 }
 
-static float FP8_VAL[256];  /* e4m3fn code -> value            */
-static float *F16_VAL;      /* half code -> value (built lazily) */
+static float FP8_VAL[256];     /* e4m3fn code -> value */
+static float F16_VAL[65536];   /* half code -> value   */
 
-static void build_tables(int need_f16) {
+static void build_tables(void) {
     for (int c = 0; c < 256; c++) {
         int e = (c >> 3) & 15, m = c & 7;
         float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10);
         if (e == 15 && m == 7) v = NAN;
         FP8_VAL[c] = (c & 0x80) ? -v : v;
     }
-    if (!need_f16) return;
-    F16_VAL = xmalloc(65536 * sizeof(float));
     for (int c = 0; c < 65536; c++) {
         int e = (c >> 10) & 31, m = c & 1023;
         float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexpf((float)(1024 + m), e - 25);
@@ -280,7 +269,7 @@ typedef struct { const char *name; int type; size_t off; double lo, hi; const ch
 static const opt_t OPTS[] = {
     {"out", O_STR, F(out), 0, 0, "output directory (created if missing)"},
     {"twin-f32", O_STR, F(twin), 0, 0, "also write the dequantized model, all F32, to this directory"},
-    {"seed", O_LONG, F(seed), 0, 9e18, "PRNG seed"},
+    {"seed", O_LONG, F(seed), 0, 9e15, "PRNG seed"},
     {"preset", O_STR, F(preset), 0, 0, "tiny-v2 | tiny-v3 | v2lite | v3block (applied before the overrides)"},
     {"layers", O_LONG, F(layers), 1, 100000, "num_hidden_layers"},
     {"dense", O_LONG, F(dense), 0, 100000, "first_k_dense_replace"},
@@ -349,23 +338,20 @@ static void parse_args(cfg_t *c, int argc, char **argv) {
         if (eq) val = eq + 1;
         else if (i + 1 < argc && strncmp(argv[i + 1], "--", 2)) val = argv[++i];
         else die("flag --%s needs a value", o->name);
-        char *end = NULL;
         void *dst = (char *)c + o->off;
-        errno = 0;
         if (o->type == O_STR) {
             if (!*val) die("flag --%s: empty value", o->name);
             *(const char **)dst = val;
-        } else if (o->type == O_LONG) {
-            long v = strtol(val, &end, 10);
-            if (errno || end == val || *end || v < o->lo || v > o->hi)
-                die("flag --%s: bad value '%s' (integer in [%.0f, %.0f])", o->name, val, o->lo, o->hi);
-            *(long *)dst = v;
-        } else {
-            double v = strtod(val, &end);
-            if (errno || end == val || *end || !isfinite(v) || v < o->lo || v > o->hi)
-                die("flag --%s: bad value '%s' (number in [%g, %g])", o->name, val, o->lo, o->hi);
-            *(double *)dst = v;
+            continue;
         }
+        char *end = NULL;
+        errno = 0;
+        double v = strtod(val, &end);
+        if (errno || end == val || *end || !isfinite(v) || v < o->lo || v > o->hi || (o->type == O_LONG && v != floor(v)))
+            die("flag --%s: bad value '%s' (%s in [%.15g, %.15g])", o->name, val,
+                o->type == O_LONG ? "integer" : "number", o->lo, o->hi);
+        if (o->type == O_LONG) *(long *)dst = (long)v;
+        else *(double *)dst = v;
     }
 }
 
@@ -400,7 +386,7 @@ static void write_config(const cfg_t *c, const char *dir, int f32_twin) {
     const char *V = c->v3 ? "V3" : "V2";
     int fp8 = c->dtype == DT_F8 && !f32_twin;
     const char *tdt = f32_twin || c->dtype == DT_F32 ? "float32" : c->dtype == DT_F16 ? "float16" : "bfloat16";
-    char *theta = jnum(c->rope_theta, 0), *scal = jnum(c->scaling, 1);
+    char t1[32], t2[32], t3[32], t4[32], t5[32];
     sb_add(&b, "{\n  \"architectures\": [\n    \"Deepseek%sForCausalLM\"\n  ],\n", V);
     sb_add(&b, "  \"attention_bias\": false,\n  \"attention_dropout\": 0.0,\n  \"auto_map\": {\n"
                "    \"AutoConfig\": \"configuration_deepseek.Deepseek%sConfig\",\n"
@@ -421,25 +407,21 @@ static void write_config(const cfg_t *c, const char *dir, int f32_twin) {
     sb_add(&b, "  \"num_hidden_layers\": %ld,\n  \"num_key_value_heads\": %ld,\n", c->layers, c->heads);
     if (c->mtp > 0) sb_add(&b, "  \"num_nextn_predict_layers\": %ld,\n", c->mtp);
     if (!c->v3) sb_add(&b, "  \"pretraining_tp\": 1,\n");
-    if (c->q_lora > 0) sb_add(&b, "  \"q_lora_rank\": %ld,\n", c->q_lora);
-    else sb_add(&b, "  \"q_lora_rank\": null,\n");
+    sb_add(&b, c->q_lora > 0 ? "  \"q_lora_rank\": %ld,\n" : "  \"q_lora_rank\": null,\n", c->q_lora);
     sb_add(&b, "  \"qk_nope_head_dim\": %ld,\n  \"qk_rope_head_dim\": %ld,\n", c->nope, c->rope);
     if (fp8)
         sb_add(&b, "  \"quantization_config\": {\n    \"activation_scheme\": \"dynamic\",\n    \"fmt\": \"e4m3\",\n"
                    "    \"quant_method\": \"fp8\",\n    \"weight_block_size\": [\n      128,\n      128\n    ]\n  },\n");
     sb_add(&b, "  \"rms_norm_eps\": 1e-06,\n");
-    if (c->yarn > 0) {
-        char *bf = jnum(c->beta_fast, 0), *bs = jnum(c->beta_slow, 0), *fa = jnum(c->yarn, 0);
-        char *ms = jnum(c->mscale, 1), *ma = jnum(c->mscale_all, 1);
+    if (c->yarn > 0)
         sb_add(&b, "  \"rope_scaling\": {\n    \"beta_fast\": %s,\n    \"beta_slow\": %s,\n    \"factor\": %s,\n"
                    "    \"mscale\": %s,\n    \"mscale_all_dim\": %s,\n    \"original_max_position_embeddings\": %ld,\n"
-                   "    \"type\": \"yarn\"\n  },\n", bf, bs, fa, ms, ma, c->yarn_orig);
-        free(bf); free(bs); free(fa); free(ms); free(ma);
-    } else {
+                   "    \"type\": \"yarn\"\n  },\n", jnum(t1, c->beta_fast, 0), jnum(t2, c->beta_slow, 0),
+               jnum(t3, c->yarn, 0), jnum(t4, c->mscale, 1), jnum(t5, c->mscale_all, 1), c->yarn_orig);
+    else
         sb_add(&b, "  \"rope_scaling\": null,\n");
-    }
     sb_add(&b, "  \"rope_theta\": %s,\n  \"routed_scaling_factor\": %s,\n  \"scoring_func\": \"%s\",\n",
-           theta, scal, c->scoring);
+           jnum(t1, c->rope_theta, 0), jnum(t2, c->scaling, 1), c->scoring);
     if (!c->v3) sb_add(&b, "  \"seq_aux\": true,\n");
     sb_add(&b, "  \"tie_word_embeddings\": false,\n  \"topk_group\": %ld,\n  \"topk_method\": \"%s\",\n",
            c->topk_groups, c->topk_method);
@@ -447,7 +429,7 @@ static void write_config(const cfg_t *c, const char *dir, int f32_twin) {
            tdt, c->v3 ? "4.33.1" : "4.39.3");
     sb_add(&b, "  \"v_head_dim\": %ld,\n  \"vocab_size\": %ld\n}\n", c->vdim, c->vocab);
     write_text(dir, "config.json", &b);
-    free(b.p); free(theta); free(scal);
+    free(b.p);
 }
 
 /* ============================== tensor plan ============================== */
@@ -456,13 +438,13 @@ static void write_config(const cfg_t *c, const char *dir, int f32_twin) {
 enum { K_LINEAR, K_EMBED, K_NORM, K_GATE, K_BIAS, K_HEAD };
 
 typedef struct {
-    char *name;        /* HF tensor name                                          */
-    char *seed_name;   /* name keying the PRNG stream (MTP copies use the main's) */
-    int kind;          /* K_*                                                     */
-    int dtype;         /* DT_* in the main output                                 */
-    int quant;         /* 1: F8_E4M3 followed by <name>_scale_inv                 */
-    size_t rows, cols; /* [rows, cols]; cols == 0 for 1-D [rows]                  */
-    float std;         /* scale of the normal draw (K_LINEAR/EMBED/GATE/HEAD)      */
+    char *name;            /* HF tensor name                                          */
+    const char *seed_name; /* name keying the PRNG stream (MTP copies use the main's) */
+    int kind;              /* K_*                                                     */
+    int dtype;             /* DT_* in the main output                                 */
+    int quant;             /* 1: F8_E4M3 followed by <name>_scale_inv                 */
+    size_t rows, cols;     /* [rows, cols]; cols == 0 for 1-D [rows]                  */
+    float std;             /* scale of the normal draw (K_LINEAR/EMBED/GATE/HEAD)     */
 } lt_t;
 
 typedef struct { lt_t *t; size_t n, cap; const cfg_t *c; } plan_t;
@@ -562,8 +544,8 @@ static plan_t build_plan(const cfg_t *c) {
 
 typedef struct {
     char *name;          /* tensor name                          */
-    int dtype, ndim;     /* DT_*, 1 or 2                         */
-    size_t shape[2];     /* dims                                 */
+    int dtype;           /* DT_*                                 */
+    size_t shape[2];     /* dims; shape[1] == 0 for a 1-D tensor */
     size_t nbytes, off;  /* size; offset in its shard's data     */
     int shard, layer;    /* shard index; model.layers.N or -1    */
 } entry_t;
@@ -576,11 +558,14 @@ typedef struct {
     FILE *fp;            /* open shard                                  */
     char *path;          /* its path                                    */
     int shard, cur;      /* open shard index, current entry (-1: none)  */
-    size_t left;         /* bytes still due for the current entry       */
+    size_t left, bytes;  /* bytes due: current entry; all entries       */
 } out_t;
 
-static char *shard_name(int s, int ns) {
-    return ns == 1 ? strf("model.safetensors") : strf("model-%05d-of-%05d.safetensors", s + 1, ns);
+/* File name of shard s of ns, written into buf (64 bytes). */
+static char *shard_name(char *buf, int s, int ns) {
+    if (ns == 1) snprintf(buf, 64, "model.safetensors");
+    else snprintf(buf, 64, "model-%05d-of-%05d.safetensors", s + 1, ns);
+    return buf;
 }
 
 /* Split entries into ns contiguous runs of about equal bytes, every run non-empty,
@@ -590,6 +575,7 @@ static void plan_shards(out_t *o) {
     int n = o->n, ns = o->nshards, *b = xmalloc(((size_t)ns + 1) * sizeof *b);
     size_t total = 0, cum = 0;
     for (int i = 0; i < n; i++) total += o->e[i].nbytes;
+    o->bytes = total;
     b[0] = 0; b[ns] = n;
     for (int i = 1, j = 0; i < ns; i++) {
         double target = (double)total * i / ns;
@@ -624,12 +610,12 @@ static out_t make_out(const plan_t *p, const char *dir, int twin, int ns) {
         int layer = -1;
         sscanf(t->name, "model.layers.%d.", &layer);
         entry_t *e = &o.e[o.n++];
-        *e = (entry_t){.name = t->name, .dtype = twin ? DT_F32 : t->dtype, .ndim = t->cols ? 2 : 1,
+        *e = (entry_t){.name = t->name, .dtype = twin ? DT_F32 : t->dtype,
                        .shape = {t->rows, t->cols}, .layer = layer};
         e->nbytes = t->rows * (t->cols ? t->cols : 1) * DT_SIZE[e->dtype];
         if (t->quant && !twin) {
             entry_t *s = &o.e[o.n++];
-            *s = (entry_t){.name = strf("%s_scale_inv", t->name), .dtype = DT_F32, .ndim = 2,
+            *s = (entry_t){.name = strf("%s_scale_inv", t->name), .dtype = DT_F32,
                            .shape = {(t->rows + 127) / 128, (t->cols + 127) / 128}, .layer = layer};
             s->nbytes = s->shape[0] * s->shape[1] * 4;
         }
@@ -667,10 +653,9 @@ static void close_shard(out_t *o) {
 
 /* Open shard s and write its header: u64 length, JSON padded with spaces to a multiple of 8. */
 static void open_shard(out_t *o, int s) {
+    char nm[64];
     close_shard(o);
-    char *nm = shard_name(s, o->nshards);
-    o->path = strf("%s/%s", o->dir, nm);
-    free(nm);
+    o->path = strf("%s/%s", o->dir, shard_name(nm, s, o->nshards));
     o->fp = fopen(o->path, "wb");
     if (!o->fp) die("cannot create %s: %s", o->path, strerror(errno));
     setvbuf(o->fp, NULL, _IOFBF, 1 << 22);
@@ -679,7 +664,7 @@ static void open_shard(out_t *o, int s) {
     for (int i = o->first[s]; i < o->first[s + 1]; i++) {
         const entry_t *e = &o->e[i];
         sb_add(&h, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%zu", e->name, DT_NAME[e->dtype], e->shape[0]);
-        if (e->ndim == 2) sb_add(&h, ",%zu", e->shape[1]);
+        if (e->shape[1]) sb_add(&h, ",%zu", e->shape[1]);
         sb_add(&h, "],\"data_offsets\":[%zu,%zu]}", e->off, e->off + e->nbytes);
     }
     sb_add(&h, "}");
@@ -711,15 +696,12 @@ static void out_finish(out_t *o) {
     if (o->left || o->cur != o->n - 1) die("internal: output %s incomplete", o->dir);
     close_shard(o);
     if (o->nshards == 1) return;
-    size_t total = 0;
-    for (int i = 0; i < o->n; i++) total += o->e[i].nbytes;
     sb_t b = {0};
-    sb_add(&b, "{\n  \"metadata\": {\n    \"total_size\": %zu\n  },\n  \"weight_map\": {\n", total);
-    for (int i = 0; i < o->n; i++) {
-        char *nm = shard_name(o->e[i].shard, o->nshards);
-        sb_add(&b, "    \"%s\": \"%s\"%s\n", o->e[i].name, nm, i + 1 < o->n ? "," : "");
-        free(nm);
-    }
+    sb_add(&b, "{\n  \"metadata\": {\n    \"total_size\": %zu\n  },\n  \"weight_map\": {\n", o->bytes);
+    char nm[64];
+    for (int i = 0; i < o->n; i++)
+        sb_add(&b, "    \"%s\": \"%s\"%s\n", o->e[i].name, shard_name(nm, o->e[i].shard, o->nshards),
+               i + 1 < o->n ? "," : "");
     sb_add(&b, "  }\n}\n");
     write_text(o->dir, "model.safetensors.index.json", &b);
     free(b.p);
@@ -750,9 +732,22 @@ static void progress(gen_t *g, size_t bytes, int final) {
 
 /* Draw n values of tensor t, continuing its stream. */
 static void fill(float *f, size_t n, const lt_t *t, uint64_t *st) {
-    if (t->kind == K_NORM) for (size_t i = 0; i < n; i++) f[i] = 1.0f + 0.1f * rnd_normal(st);
+    const float k = t->std * IH_UNIT;
+    if (t->kind == K_NORM) for (size_t i = 0; i < n; i++) f[i] = 1.0f + (0.1f * IH_UNIT) * rnd_ih(st);
     else if (t->kind == K_BIAS) for (size_t i = 0; i < n; i++) f[i] = 0.1f * rnd_uniform(st);
-    else for (size_t i = 0; i < n; i++) f[i] = t->std * rnd_normal(st);
+    else for (size_t i = 0; i < n; i++) f[i] = k * rnd_ih(st);
+}
+
+/* max |p[i]|, four independent chains for speed. */
+static float absmax(const float *p, size_t n) {
+    float m[4] = {0, 0, 0, 0};
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) m[k] = fabsf(p[i + k]) > m[k] ? fabsf(p[i + k]) : m[k];
+    for (; i < n; i++) m[0] = fabsf(p[i]) > m[0] ? fabsf(p[i]) : m[0];
+    m[0] = m[0] > m[1] ? m[0] : m[1];
+    m[2] = m[2] > m[3] ? m[2] : m[3];
+    return m[0] > m[2] ? m[0] : m[2];
 }
 
 /* Generate one tensor 128 rows at a time into the main output (and the twin), then,
@@ -773,28 +768,26 @@ static void gen_tensor(const lt_t *t, uint64_t seed, out_t *om, out_t *ot, gen_t
             memcpy(tw, f, n * 4);
         } else if (t->dtype == DT_BF16) {
             uint16_t *h = (uint16_t *)(void *)g->enc;
-            for (size_t i = 0; i < n; i++) { h[i] = to_bf16(f[i]); tw[i] = u2f((uint32_t)h[i] << 16); }
+            for (size_t i = 0; i < n; i++) h[i] = to_bf16(f[i]);
+            for (size_t i = 0; ot && i < n; i++) tw[i] = u2f((uint32_t)h[i] << 16);
         } else if (t->dtype == DT_F16) {
             uint16_t *h = (uint16_t *)(void *)g->enc;
-            for (size_t i = 0; i < n; i++) { h[i] = to_f16(f[i]); tw[i] = F16_VAL[h[i]]; }
+            for (size_t i = 0; i < n; i++) h[i] = to_f16(f[i]);
+            for (size_t i = 0; ot && i < n; i++) tw[i] = F16_VAL[h[i]];
         } else {
             for (size_t cb = 0; cb < nbc; cb++) {
                 size_t c0 = cb * 128, c1 = c0 + 128 < cols ? c0 + 128 : cols;
                 float amax = 0.0f;
-                for (size_t r = 0; r < rb; r++)
-                    for (size_t j = c0; j < c1; j++) {
-                        float a = fabsf(f[r * cols + j]);
-                        amax = a > amax ? a : amax;
-                    }
+                for (size_t r = 0; r < rb; r++) {
+                    float a = absmax(f + r * cols + c0, c1 - c0);
+                    amax = a > amax ? a : amax;
+                }
                 float s = amax > 0.0f ? amax / 448.0f : 1.0f, inv = amax > 0.0f ? 448.0f / amax : 1.0f;
                 scales[(r0 / 128) * nbc + cb] = s;
                 for (size_t r = 0; r < rb; r++)
-                    for (size_t j = c0; j < c1; j++) {
-                        size_t i = r * cols + j;
-                        uint8_t q = to_fp8(f[i] * inv);
-                        g->enc[i] = q;
-                        tw[i] = FP8_VAL[q] * s; /* exactly what a reader dequantizes */
-                    }
+                    for (size_t j = c0; j < c1; j++) g->enc[r * cols + j] = to_fp8(f[r * cols + j] * inv);
+                for (size_t r = 0; ot && r < rb; r++) /* exactly what a reader dequantizes */
+                    for (size_t j = c0; j < c1; j++) tw[r * cols + j] = FP8_VAL[g->enc[r * cols + j]] * s;
             }
         }
         out_write(om, g->enc, n * DT_SIZE[t->dtype]);
@@ -817,32 +810,30 @@ int main(int argc, char **argv) {
     cfg_t c;
     parse_args(&c, argc, argv);
     validate(&c);
-    build_tables(c.dtype == DT_F16);
+    build_tables();
 
     plan_t p = build_plan(&c);
     out_t om = make_out(&p, c.out, 0, (int)c.shards), ot = {0};
     if (c.twin) ot = make_out(&p, c.twin, 1, (int)c.shards);
-    size_t params = 0, bytes = 0, twin_bytes = 0, maxcols = 1;
+    size_t params = 0, maxcols = 1;
     for (size_t i = 0; i < p.n; i++) {
         size_t cols = p.t[i].cols ? p.t[i].cols : p.t[i].rows;
         params += p.t[i].rows * (p.t[i].cols ? p.t[i].cols : 1);
         if (cols > maxcols) maxcols = cols;
     }
-    for (int i = 0; i < om.n; i++) bytes += om.e[i].nbytes;
-    for (int i = 0; c.twin && i < ot.n; i++) twin_bytes += ot.e[i].nbytes;
 
     make_dirs(c.out);
     if (c.dry_run) {
         write_config(&c, c.out, 0);
-        printf("tensors %d params %zu bytes %zu shards %ld\n", om.n, params, bytes, c.shards);
+        printf("tensors %d params %zu bytes %zu shards %ld\n", om.n, params, om.bytes, c.shards);
         return 0;
     }
     clean_dir(c.out);
     if (c.twin) { make_dirs(c.twin); clean_dir(c.twin); }
 
-    gen_t g = {.total = bytes + twin_bytes, .t0 = now_s(), .tty = isatty(2)};
+    gen_t g = {.total = om.bytes + ot.bytes, .t0 = now_s(), .tty = isatty(2)};
     g.last = g.t0;
-    g.show = g.total > (size_t)1 << 30;
+    g.show = g.total > (size_t)1 << 30; /* progress line for models above 1 GiB */
     g.f = xmalloc(128 * maxcols * sizeof(float));
     g.enc = xmalloc(128 * maxcols * sizeof(float));
     g.tw = xmalloc(128 * maxcols * sizeof(float));
@@ -852,6 +843,6 @@ int main(int argc, char **argv) {
     write_config(&c, c.out, 0);
     if (c.twin) { out_finish(&ot); write_config(&c, c.twin, 1); }
     fprintf(stderr, "gen_ckpt: %s: %d tensors, %.3f B params, %.1f MB in %ld file(s)%s (%.1f s)\n", c.out, om.n,
-            params / 1e9, bytes / 1e6, c.shards, c.twin ? ", plus F32 twin" : "", now_s() - g.t0);
+            params / 1e9, om.bytes / 1e6, c.shards, c.twin ? ", plus F32 twin" : "", now_s() - g.t0);
     return 0;
 }
