@@ -2,6 +2,7 @@
 #   make              ./dseek, optimized for this CPU (-march=native)
 #   make PORTABLE=1   no -march=native (any x86-64 / other CPU)
 #   make NO_OMP=1     without OpenMP
+#   make demo         install deps, build, make models/default, run a completion and a chat
 #   make test         every test (tests/run_all.sh)
 #   make asan-test    every test under AddressSanitizer + UndefinedBehaviorSanitizer
 CC      ?= cc
@@ -34,6 +35,14 @@ tools/gen_ckpt: tools/gen_ckpt.c
 test: all
 	bash tests/run_all.sh
 
+# The quick start: dependencies, build, the default model, a completion and a chat turn.
+demo:
+	bash tools/install-deps.sh
+	$(MAKE) all
+	bash models/make_default.sh
+	./dseek run -m models/default -p "The three laws of robotics are" -n 32
+	printf 'Hello! Who are you?\n' | ./dseek chat -m models/default -n 32
+
 asan-test:
 	$(MAKE) clean
 	$(MAKE) all OPT="-O1 -g -fno-omit-frame-pointer" CFLAGS_EXTRA= \
@@ -45,4 +54,4 @@ clean:
 	rm -f dseek tools/gen_ckpt
 	rm -rf build
 
-.PHONY: all test asan-test clean
+.PHONY: all test demo asan-test clean

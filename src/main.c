@@ -1,5 +1,6 @@
-/* main.c - the dseek command line: logits, run.
+/* main.c - the dseek command line: run, chat, tokenize, logits, bench.
  * Every error is one line on stderr and a non-zero exit: 2 for bad files or arguments. */
+#define _GNU_SOURCE
 #include "dseek.h"
 
 #include <errno.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static void die(const char *fmt, const char *a) {
     fprintf(stderr, "dseek: ");
@@ -42,6 +44,12 @@ typedef struct {
     int n_prompt;             /* bench -p */
     int reps;                 /* bench -r */
     int json;                 /* bench --json */
+    const char *prompt;       /* -p TEXT */
+    const char *file;         /* -f FILE */
+    const char *system;       /* --system TEXT */
+    int chat;                 /* run --chat: apply the chat template */
+    int hide_think;           /* --hide-think */
+    const char *ids_log;      /* chat --ids-log FILE (for tests) */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -82,11 +90,22 @@ static void usage(const char *cmd) {
                 "  writes the [T, vocab] float32 logits of every position as a NumPy .npy file\n"
                 "  default: one prefill of all tokens; --decode: one token at a time; --chunk N: N at a time\n"
                 "  --mtp: the MTP head's logits instead, for the inputs tokens[1:] + [argmax of the last row]\n");
+    if (!cmd || !strcmp(cmd, "tokenize"))
+        fprintf(stderr, "usage: dseek tokenize -m DIR (-p TEXT | -f FILE)\n"
+                        "  prints the token ids the model sees (bos first when add_bos_token); needs only\n"
+                        "  tokenizer.json and tokenizer_config.json in DIR\n");
+    if (!cmd || !strcmp(cmd, "chat"))
+        fprintf(stderr, "usage: dseek chat -m DIR [--system TEXT] [-n MAX_REPLY] [--temp T] [--top-k K] [--top-p P]\n"
+                        "                  [--min-p P] [--seed S] [-c CTX] [-t THREADS] [--hide-think] [--no-mtp]\n"
+                        "  interactive chat with the model's template; each turn computes only its new tokens.\n"
+                        "  commands: /reset (forget the conversation), /exit (or Ctrl-D). Reads piped stdin too.\n");
     if (!cmd || !strcmp(cmd, "run"))
         fprintf(stderr,
-                "usage: dseek run -m DIR --tokens 0,5,7 [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
+                "usage: dseek run -m DIR (-p TEXT | -f FILE | --tokens 0,5,7) [--chat] [--system TEXT] [-n N]\n"
+                "                 [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
                 "                 [--seed S] [--ids] [-c CTX] [-b BATCH] [-t THREADS] [--no-mtp] [--draft N] [--no-adaptive]\n"
-                "  generates N tokens after the prompt and prints their ids, space separated\n"
+                "  streams the completion (or with --ids the token ids) to stdout, stopping at eos or after N\n"
+                "  tokens; --chat wraps the prompt in the model's chat template; --hide-think hides R1 thinking\n"
                 "  models with an MTP layer draft with it (speculative decoding, same output):\n"
                 "  --no-mtp turns that off, --draft N chains N drafts per step (default 1),\n"
                 "  --no-adaptive drafts every step instead of only while it is measured faster\n");
@@ -116,6 +135,12 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--seed")) { a->samp.seed = (uint64_t)parse_long(f, v, 0, 0x7fffffffffffffffL); i++; }
         else if (!strcmp(f, "--ids")) a->ids = 1;
         else if (!strcmp(f, "-p") && !strcmp(cmd, "bench")) { a->n_prompt = (int)parse_long(f, v, 0, 1 << 20); i++; }
+        else if (!strcmp(f, "-p") || !strcmp(f, "--prompt")) a->prompt = VAL;
+        else if (!strcmp(f, "-f") || !strcmp(f, "--file")) a->file = VAL;
+        else if (!strcmp(f, "--system")) a->system = VAL;
+        else if (!strcmp(f, "--chat")) a->chat = 1;
+        else if (!strcmp(f, "--hide-think")) a->hide_think = 1;
+        else if (!strcmp(f, "--ids-log")) a->ids_log = VAL;
         else if (!strcmp(f, "-r")) { a->reps = (int)parse_long(f, v, 1, 1000); i++; }
         else if (!strcmp(f, "--json")) a->json = 1;
         else if (!strcmp(f, "-b") || !strcmp(f, "--batch")) { a->batch = (int)parse_long(f, v, 1, 1 << 16); i++; }
@@ -242,44 +267,324 @@ static int cmd_logits(int argc, char **argv) {
     return 0;
 }
 
+/* ---- text output: streamed detokenization, R1 thinking shown apart ---- */
+
+typedef struct {
+    dseek_detok_stream *ds;
+    dseek_think think;
+    int hide_think;
+    int tty;                  /* stdout is a terminal: thinking in dim text */
+    int in_think_shown;       /* a think block is open on screen */
+} Printer;
+
+static void print_part(void *ud, int in_think, const char *txt, size_t n) {
+    Printer *p = ud;
+    if (in_think && p->hide_think) return;
+    if (in_think != p->in_think_shown) {
+        if (in_think) fputs(p->tty ? "\x1b[2m" : "[thinking]\n", stdout);
+        else fputs(p->tty ? "\x1b[0m\n" : "\n[/thinking]\n", stdout);
+        p->in_think_shown = in_think;
+    }
+    fwrite(txt, 1, n, stdout);
+}
+
+static void printer_init(Printer *p, const dseek_tokenizer *tok, int hide_think, int starts_in_think) {
+    memset(p, 0, sizeof *p);
+    p->ds = dseek_detok_stream_new(tok, DSEEK_DETOK_SKIP_SPECIAL);
+    if (!p->ds) die("%s", "out of memory");
+    p->hide_think = hide_think;
+    p->tty = isatty(1);
+    dseek_think_init(&p->think, starts_in_think);
+}
+
+static void printer_push(Printer *p, int id) {
+    size_t n;
+    const char *t = dseek_detok_stream_push(p->ds, id, &n);
+    if (n) dseek_think_push(&p->think, t, n, print_part, p);
+    fflush(stdout);
+}
+
+static void printer_end(Printer *p) {
+    size_t n;
+    const char *t = dseek_detok_stream_flush(p->ds, &n);
+    if (n) dseek_think_push(&p->think, t, n, print_part, p);
+    dseek_think_flush(&p->think, print_part, p);
+    if (p->in_think_shown) print_part(p, 0, "", 0);
+    dseek_detok_stream_free(p->ds);
+    fflush(stdout);
+}
+
+static dseek_tokenizer *open_tokenizer(const char *dir, const dseek_model *m) {
+    char err[1024];
+    dseek_tokenizer *tok;
+    if (dseek_tokenizer_load(dir, &tok, err, sizeof err)) {
+        fprintf(stderr, "dseek: %s\n", err);
+        exit(2);
+    }
+    if (m && dseek_vocab_size(tok) > (size_t)dseek_model_info(m)->vocab_size) {
+        fprintf(stderr, "dseek: %s/tokenizer.json: %zu token ids, more than the model's vocab_size %d\n", dir,
+                dseek_vocab_size(tok), dseek_model_info(m)->vocab_size);
+        exit(2);
+    }
+    return tok;
+}
+
+static char *slurp(const char *path, size_t *len) {
+    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
+    if (!f) die("%s: cannot open", path);
+    size_t cap = 1 << 16, n = 0, r;
+    char *b = malloc(cap + 1);
+    while (b && (r = fread(b + n, 1, cap - n, f)) > 0)
+        if ((n += r) == cap) b = realloc(b, (cap *= 2) + 1);
+    if (!b) die("%s", "out of memory");
+    if (f != stdin) fclose(f);
+    b[n] = 0;
+    *len = n;
+    return b;
+}
+
+/* The prompt's ids: --tokens as given, else the text of -p/-f, through the chat template
+ * with --chat. */
+static int *prompt_ids(const Args *a, const dseek_tokenizer *tok, int *n) {
+    if (a->tokens) return parse_tokens(a->tokens, n);
+    if (!a->prompt && !a->file) die("%s", "run: give the prompt with -p TEXT, -f FILE or --tokens IDS");
+    size_t len;
+    char *text = a->file ? slurp(a->file, &len) : strdup(a->prompt);
+    len = strlen(text);
+    int *ids;
+    size_t nid;
+    if (a->chat) {
+        dseek_chat_msg msgs[2];
+        size_t k = 0;
+        if (a->system) msgs[k++] = (dseek_chat_msg){"system", a->system};
+        msgs[k++] = (dseek_chat_msg){"user", text};
+        char *r = dseek_chat_render(tok, msgs, k, 1);
+        if (!r) die("%s", "run --chat: the chat template could not be rendered");
+        if (dseek_tokenize(tok, r, strlen(r), 0, &ids, &nid)) die("%s", "out of memory");
+        free(r);
+    } else if (dseek_tokenize(tok, text, len, dseek_add_bos_default(tok), &ids, &nid))
+        die("%s", "out of memory");
+    free(text);
+    if (nid == 0) die("%s", "run: the prompt is empty");
+    *n = (int)nid;
+    return ids;
+}
+
+static void print_stats(const dseek_gen *g, int n, double seconds, int mtp) {
+    dseek_gen_stats st;
+    dseek_gen_stats_get(g, &st);
+    fprintf(stderr, "\n[prompt: %ld tokens, %.2f tok/s; generation: %d tokens, %.2f tok/s", st.prompt_tokens,
+            st.prompt_seconds > 0 ? st.prompt_tokens / st.prompt_seconds : 0.0, n,
+            n > 1 && seconds > 0 ? (n - 1) / seconds : 0.0);
+    if (mtp)
+        fprintf(stderr, "; mtp: %ld drafts, %.1f%% accepted, %.2f tokens per forward, verify/forward %.2f, "
+                        "draft/forward %.2f%s",
+                st.drafted, st.drafted ? 100.0 * st.accepted / st.drafted : 0.0,
+                st.main_forwards ? (double)(st.tokens - 1) / st.main_forwards : 0.0,
+                st.t_plain > 0 ? st.t_verify / st.t_plain : 0.0, st.t_plain > 0 ? st.t_draft / st.t_plain : 0.0,
+                st.drafted && st.main_forwards * 2 > st.drafted * 2 + 8 ? " (drafting paused: not faster here)" : "");
+    fprintf(stderr, "]\n");
+}
+
+/* Generates after ids[0..n) until eos, max_new tokens or the end of the context; each token
+ * goes to emit(). Returns the count, and sets *ctx_full when the context ran out. */
+typedef void (*emit_fn)(void *ud, int id);
+static int generate(dseek_gen *g, dseek_session *s, const int *ids, int n, int max_new, int eos1, int eos2,
+                    emit_fn emit, void *ud, int *ctx_full, double *seconds) {
+    int first, out[16], k, got = 0;
+    *ctx_full = 0;
+    *seconds = 0;
+    if (max_new <= 0) return 0;
+    check(s, dseek_gen_feed(g, ids, n, &first));
+    emit(ud, first);
+    got = 1;
+    if (first == eos1 || first == eos2) return got;
+    double t0 = now_s();
+    while (got < max_new) {
+        if (dseek_gen_pos(g) + 1 >= dseek_session_ctx(s)) { *ctx_full = 1; break; }
+        check(s, dseek_gen_step(g, out, &k));
+        int stop = 0;
+        for (int i = 0; i < k && got < max_new && !stop; i++) {
+            emit(ud, out[i]);
+            got++;
+            stop = out[i] == eos1 || out[i] == eos2;
+        }
+        if (stop) break;
+    }
+    *seconds = now_s() - t0;
+    return got;
+}
+
+typedef struct {
+    Printer *pr;              /* text output, or NULL */
+    int ids;                  /* print ids */
+    int n;
+    int *buf, cap, len;       /* the generated ids */
+} Emit;
+
+static void emit_token(void *ud, int id) {
+    Emit *e = ud;
+    if (e->ids) printf(e->n ? " %d" : "%d", id);
+    else if (e->pr) printer_push(e->pr, id);
+    if (e->ids) fflush(stdout);
+    e->n++;
+    if (e->buf && e->len < e->cap) e->buf[e->len++] = id;
+}
+
 static int cmd_run(int argc, char **argv) {
     Args a;
     parse_args(argc, argv, &a, "run");
-    int T;
-    int *tok = parse_tokens(a.tokens, &T);
     dseek_model *m = open_model(a.model, a.threads);
     const dseek_info *info = dseek_model_info(m);
+    dseek_tokenizer *tok = a.tokens && a.ids ? NULL : open_tokenizer(a.model, m);
+    if (a.tokens && !a.ids && !tok) die("%s", "run: text output needs tokenizer.json (or use --ids)");
+    int T;
+    int *ids = prompt_ids(&a, tok, &T);
     int ctx = a.ctx ? a.ctx : T + a.n_predict + 1;
+    if (ctx > info->max_position && !a.ctx) ctx = T + a.n_predict + 1; /* the user asked for this much */
     dseek_session *s = open_session(m, ctx, a.batch ? a.batch : T < 512 ? T : 512);
     dseek_gen_cfg gc = {.mtp = !a.no_mtp, .n_draft = a.n_draft ? a.n_draft : 1, .adaptive = !a.no_adapt};
     dseek_gen *g;
     if (dseek_gen_new(s, &a.samp, &gc, &g)) die("%s", "out of memory");
-    int out[16], n_out, n = 0, first;
-    if (a.n_predict > 0) {
-        check(s, dseek_gen_feed(g, tok, T, &first));
-        printf("%d", first);
-        n = 1;
-    }
-    double t1 = now_s();
-    while (n < a.n_predict) {
-        check(s, dseek_gen_step(g, out, &n_out));
-        for (int i = 0; i < n_out && n < a.n_predict; i++, n++) printf(" %d", out[i]);
-        fflush(stdout);
-    }
+    Printer pr;
+    if (!a.ids) printer_init(&pr, tok, a.hide_think, a.chat && dseek_chat_prompt_opens_think(tok));
+    Emit e = {.pr = a.ids ? NULL : &pr, .ids = a.ids};
+    int eos1 = info->eos_token_id, eos2 = tok ? dseek_eos_id(tok) : -1, full;
+    if (!a.chat && a.tokens) eos1 = eos2 = -1; /* raw ids: exactly n tokens, as the reference does */
+    double secs;
+    if (T >= ctx) { fprintf(stderr, "dseek: the prompt (%d tokens) does not fit the context of %d (raise -c)\n", T, ctx); exit(2); }
+    int n = generate(g, s, ids, T, a.n_predict, eos1, eos2, emit_token, &e, &full, &secs);
+    if (!a.ids) printer_end(&pr);
     printf("\n");
-    double t2 = now_s();
-    dseek_gen_stats st;
-    dseek_gen_stats_get(g, &st);
-    fprintf(stderr, "prompt: %ld tokens, %.2f tok/s; generation: %d tokens, %.2f tok/s\n", st.prompt_tokens,
-            st.prompt_seconds > 0 ? st.prompt_tokens / st.prompt_seconds : 0.0, n, n > 1 ? (n - 1) / (t2 - t1) : 0.0);
-    if (info->n_mtp && !a.no_mtp)
-        fprintf(stderr, "mtp: %ld drafts, %ld accepted (%.1f%%), %.2f tokens per main forward; "
-                        "costs: 1-token forward %.2f ms, verify %.2f ms, draft %.2f ms\n",
-                st.drafted, st.accepted, st.drafted ? 100.0 * st.accepted / st.drafted : 0.0,
-                st.main_forwards ? (double)(st.tokens - 1) / st.main_forwards : 0.0, st.t_plain * 1e3,
-                st.t_verify * 1e3, st.t_draft * 1e3);
+    if (full) fprintf(stderr, "[context full after %d tokens: raise -c]\n", dseek_gen_pos(g));
+    print_stats(g, n, secs, info->n_mtp && !a.no_mtp);
     dseek_gen_free(g);
-    free(tok);
+    free(ids);
+    dseek_tokenizer_free(tok);
+    dseek_session_free(s);
+    dseek_model_free(m);
+    return 0;
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    Args a;
+    parse_args(argc, argv, &a, "tokenize");
+    dseek_tokenizer *tok = open_tokenizer(a.model, NULL);
+    if (!a.prompt && !a.file) die("%s", "tokenize: give the text with -p TEXT or -f FILE");
+    size_t len;
+    char *text = a.file ? slurp(a.file, &len) : strdup(a.prompt);
+    if (!a.file) len = strlen(text);
+    int *ids;
+    size_t n;
+    if (dseek_tokenize(tok, text, len, dseek_add_bos_default(tok), &ids, &n)) die("%s", "out of memory");
+    for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    free(ids);
+    free(text);
+    dseek_tokenizer_free(tok);
+    return 0;
+}
+
+static void log_ids(FILE *f, const char *what, int turn, const int *ids, int n) {
+    if (!f) return;
+    fprintf(f, "turn %d %s:", turn, what);
+    for (int i = 0; i < n; i++) fprintf(f, " %d", ids[i]);
+    fprintf(f, "\n");
+    fflush(f);
+}
+
+static int cmd_chat(int argc, char **argv) {
+    Args a;
+    parse_args(argc, argv, &a, "chat");
+    int explicit_n = 0;
+    for (int i = 2; i < argc; i++) explicit_n |= !strcmp(argv[i], "-n");
+    int max_reply = explicit_n ? a.n_predict : 1 << 20;
+    dseek_model *m = open_model(a.model, a.threads);
+    const dseek_info *info = dseek_model_info(m);
+    dseek_tokenizer *tok = open_tokenizer(a.model, m);
+    if (dseek_chat_family_of(tok) == DSEEK_CHAT_NONE)
+        fprintf(stderr, "dseek: %s has no chat template: each line is completed as plain text\n", a.model);
+    int ctx = a.ctx ? a.ctx : info->max_position < 4096 ? info->max_position : 4096;
+    dseek_session *s = open_session(m, ctx, 512 < ctx ? 512 : ctx);
+    dseek_gen_cfg gc = {.mtp = !a.no_mtp, .n_draft = a.n_draft ? a.n_draft : 1, .adaptive = !a.no_adapt};
+    dseek_gen *g;
+    if (dseek_gen_new(s, &a.samp, &gc, &g)) die("%s", "out of memory");
+    FILE *log = a.ids_log ? fopen(a.ids_log, "w") : NULL;
+    if (a.ids_log && !log) die("%s: cannot write", a.ids_log);
+    int tty = isatty(0);
+    size_t nmsg = 0, capmsg = 16;
+    dseek_chat_msg *msgs = malloc(capmsg * sizeof *msgs);
+    if (a.system) msgs[nmsg++] = (dseek_chat_msg){"system", strdup(a.system)};
+    size_t base = nmsg;
+    int *reply = malloc((size_t)ctx * sizeof(int));
+    char *line = NULL;
+    size_t lcap = 0;
+    int turn = 0;
+    if (tty) fprintf(stderr, "dseek chat (%s template, context %d). /reset to start over, /exit or Ctrl-D to quit.\n",
+                     dseek_chat_family_name(dseek_chat_family_of(tok)), ctx);
+    for (;;) {
+        if (tty) { fputs("> ", stdout); fflush(stdout); }
+        ssize_t len = getline(&line, &lcap, stdin);
+        if (len < 0) break;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if (!strcmp(line, "/exit") || !strcmp(line, "/quit")) break;
+        if (!strcmp(line, "/reset")) {
+            for (size_t i = base; i < nmsg; i++) free((char *)msgs[i].content);
+            nmsg = base;
+            fprintf(stderr, "[conversation reset]\n");
+            continue;
+        }
+        if (len == 0) continue;
+        if (nmsg + 2 > capmsg) msgs = realloc(msgs, (capmsg *= 2) * sizeof *msgs);
+        msgs[nmsg++] = (dseek_chat_msg){"user", strdup(line)};
+        int *ids;
+        size_t nid;
+        char *r = dseek_chat_family_of(tok) == DSEEK_CHAT_NONE ? strdup(line) : dseek_chat_render(tok, msgs, nmsg, 1);
+        if (!r || dseek_tokenize(tok, r, strlen(r), dseek_chat_family_of(tok) == DSEEK_CHAT_NONE && dseek_add_bos_default(tok), &ids, &nid))
+            die("%s", "chat: the template could not be rendered");
+        free(r);
+        if ((int)nid + 1 >= ctx) {
+            fprintf(stderr, "[context full: this conversation needs %zu tokens of %d; /reset to start over]\n", nid, ctx);
+            free((char *)msgs[--nmsg].content);
+            free(ids);
+            continue;
+        }
+        turn++;
+        log_ids(log, "prompt", turn, ids, (int)nid);
+        Printer pr;
+        printer_init(&pr, tok, a.hide_think, dseek_chat_prompt_opens_think(tok));
+        Emit e = {.pr = &pr, .buf = reply, .cap = ctx};
+        int full;
+        double secs;
+        long before = 0;
+        dseek_gen_stats st;
+        dseek_gen_stats_get(g, &st);
+        before = st.prompt_tokens;
+        int n = generate(g, s, ids, (int)nid, max_reply, info->eos_token_id, dseek_eos_id(tok), emit_token, &e, &full,
+                         &secs);
+        printer_end(&pr);
+        printf("\n");
+        fflush(stdout);
+        dseek_gen_stats_get(g, &st);
+        if (log) fprintf(log, "turn %d computed: %ld of %zu\n", turn, st.prompt_tokens - before, nid);
+        log_ids(log, "reply", turn, reply, e.len);
+        if (full) fprintf(stderr, "[context full (%d tokens): /reset to start over]\n", ctx);
+        /* the reply joins the conversation without its end-of-sentence token (the template adds it) */
+        int keep = e.len;
+        if (keep && (reply[keep - 1] == info->eos_token_id || reply[keep - 1] == dseek_eos_id(tok))) keep--;
+        char *text = malloc((size_t)keep * 64 + 1);
+        dseek_detokenize(tok, reply, (size_t)keep, DSEEK_DETOK_SKIP_SPECIAL, text, (size_t)keep * 64 + 1);
+        msgs[nmsg++] = (dseek_chat_msg){"assistant", text};
+        if (a.samp.seed) (void)n;
+        free(ids);
+    }
+    for (size_t i = 0; i < nmsg; i++) free((char *)msgs[i].content);
+    free(msgs);
+    free(line);
+    free(reply);
+    if (log) fclose(log);
+    dseek_gen_free(g);
+    dseek_tokenizer_free(tok);
     dseek_session_free(s);
     dseek_model_free(m);
     return 0;
@@ -403,13 +708,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: dseek COMMAND [options]   (dseek COMMAND --help for each)\n"
                         "commands:\n"
                         "  logits   write the logits of a token sequence as .npy\n"
-                        "  run      generate tokens after a prompt\n"
+                        "  run      complete a prompt (streamed text, or ids)\n"
+                        "  chat     interactive chat\n"
+                        "  tokenize print the token ids of a text\n"
                         "  bench    measure prefill and decode speed\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc, argv);
     if (!strcmp(argv[1], "run")) return cmd_run(argc, argv);
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc, argv);
+    if (!strcmp(argv[1], "chat")) return cmd_chat(argc, argv);
+    if (!strcmp(argv[1], "tokenize")) return cmd_tokenize(argc, argv);
     fprintf(stderr, "dseek: unknown command \"%s\" (see dseek --help)\n", argv[1]);
     return 2;
 }
