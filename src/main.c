@@ -401,7 +401,7 @@ static int generate(dseek_gen *g, dseek_session *s, const int *ids, int n, int m
     if (first == eos1 || first == eos2) return got;
     double t0 = now_s();
     while (got < max_new) {
-        if (dseek_gen_pos(g) + 1 >= dseek_session_ctx(s)) { *ctx_full = 1; break; }
+        if (dseek_gen_pos(g) >= dseek_session_ctx(s)) { *ctx_full = 1; break; }
         check(s, dseek_gen_step(g, out, &k));
         int stop = 0;
         for (int i = 0; i < k && got < max_new && !stop; i++) {
@@ -456,8 +456,12 @@ static int cmd_run(int argc, char **argv) {
     int n = generate(g, s, ids, T, a.n_predict, eos1, eos2, emit_token, &e, &full, &secs);
     if (!a.ids) printer_end(&pr);
     printf("\n");
-    if (full) fprintf(stderr, "[context full after %d tokens: raise -c]\n", dseek_gen_pos(g));
     print_stats(g, n, secs, info->n_mtp && !a.no_mtp);
+    if (full) {
+        fprintf(stderr, "dseek: context full: %d tokens fill the context of %d before %d were generated (raise -c)\n",
+                dseek_gen_pos(g), ctx, a.n_predict);
+        exit(2);
+    }
     dseek_gen_free(g);
     free(ids);
     dseek_tokenizer_free(tok);

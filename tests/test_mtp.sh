@@ -24,24 +24,24 @@ models=()
 PROMPT=0,17,99,4,250,31,7,8,600,1000,12,13,14,15,16,17,18,19,20,21
 for m in "${models[@]}"; do
   name=$(basename "$m")
-  want=$(./dseek run -m "$m" --tokens $PROMPT -n 100 --temp 0 --no-mtp -b 7 2>/dev/null)
+  want=$(./dseek run --ids -m "$m" --tokens $PROMPT -n 100 --temp 0 --no-mtp -b 7 2>/dev/null)
   [ -n "$want" ] || { bad "$name: plain run failed"; continue; }
   variants=("" "--no-adaptive --draft 2")
   case $name in easy|noisy) variants+=("--no-adaptive" "--no-adaptive --draft 4" "--no-adaptive -b 3");; esac
   for flags in "${variants[@]}"; do
-    got=$(./dseek run -m "$m" --tokens $PROMPT -n 100 --temp 0 -b 7 $flags 2>"$tmp/err")
+    got=$(./dseek run --ids -m "$m" --tokens $PROMPT -n 100 --temp 0 -b 7 $flags 2>"$tmp/err")
     stats=$(grep mtp: "$tmp/err")
     if [ "$got" = "$want" ]; then ok "$name greedy identical with MTP $flags: $stats"; else bad "$name MTP $flags: ids differ"; fi
   done
   # generation that ends at the last position of the context: -c = prompt + n - 1
   for n in 30 31; do
-    want=$(./dseek run -m "$m" --tokens $PROMPT -n $n --temp 0 --no-mtp 2>/dev/null)
-    got=$(./dseek run -m "$m" --tokens $PROMPT -n $n --temp 0 --no-adaptive --draft 3 -c $((20 + n - 1)) 2>"$tmp/err")
+    want=$(./dseek run --ids -m "$m" --tokens $PROMPT -n $n --temp 0 --no-mtp 2>/dev/null)
+    got=$(./dseek run --ids -m "$m" --tokens $PROMPT -n $n --temp 0 --no-adaptive --draft 3 -c $((20 + n - 1)) 2>"$tmp/err")
     if [ -n "$got" ] && [ "$got" = "$want" ]; then ok "$name greedy identical up to the end of the context (n=$n)"
     else bad "$name end of context n=$n: got '$got' want '$want' $(cat "$tmp/err")"; fi
   done
   # one token past the context is a clear error
-  if ./dseek run -m "$m" --tokens $PROMPT -n 31 --temp 0 -c 49 >/dev/null 2>"$tmp/err"; then bad "$name: ran past the context"
+  if ./dseek run --ids -m "$m" --tokens $PROMPT -n 31 --temp 0 -c 49 >/dev/null 2>"$tmp/err"; then bad "$name: ran past the context"
   else grep -q "context" "$tmp/err" && ok "$name past the context: $(cat "$tmp/err")" || bad "$name: unclear error $(cat "$tmp/err")"; fi
 done
 
