@@ -38,6 +38,7 @@ typedef struct {
     int bos_token_id;        /* from config.json */
     int eos_token_id;        /* from config.json */
     int max_position;        /* max_position_embeddings */
+    int experts_per_tok;     /* k of the MoE layers, 0 without MoE */
     size_t n_params;         /* parameters of the weights in use */
     size_t weight_bytes;     /* bytes of those weights as stored */
     size_t cache_bytes_per_token; /* latent cache bytes per token, all layers */
@@ -53,6 +54,8 @@ typedef struct {
 int dseek_model_open(const char *dir, dseek_model **out, char *err, size_t errlen);
 void dseek_model_free(dseek_model *m);
 const dseek_info *dseek_model_info(const dseek_model *m);
+/* 1 if decoder layer li (MTP layers follow the main ones) is a MoE layer. */
+int dseek_layer_is_moe(const dseek_model *m, int li);
 
 /* ---- session ---- */
 
@@ -64,6 +67,11 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
 void dseek_session_free(dseek_session *s);
 const char *dseek_session_error(const dseek_session *s);
 int dseek_session_ctx(const dseek_session *s);
+
+/* Diagnostics: from now on, every MoE layer li records the experts chosen for positions
+ * below n_pos in buf[(li * n_pos + pos) * k + i] (k = num_experts_per_tok; buf holds
+ * (n_layers + n_mtp) * n_pos * k ints; rows of dense layers are left alone). NULL stops. */
+void dseek_session_log_routing(dseek_session *s, int *buf, int n_pos);
 
 /* Runs tokens[0..n) at positions pos..pos+n-1 through the model, writing their latent
  * cache entries (entries at positions >= pos are overwritten: rewinding is just calling

@@ -1038,6 +1038,7 @@ int dseek_model_open(const char *dir, dseek_model **out, char *err, size_t errle
     m->info.bos_token_id = c->bos_token_id;
     m->info.eos_token_id = c->eos_token_id;
     m->info.max_position = c->max_position_embeddings;
+    m->info.experts_per_tok = c->n_routed_experts ? c->num_experts_per_tok : 0;
     m->info.cache_bytes_per_token = (size_t)(c->num_hidden_layers + m->info.n_mtp) *
                                     (size_t)(c->kv_lora_rank + c->qk_rope_head_dim) * sizeof(float);
     if (2 * D > m->max_in) m->max_in = 2 * D;
@@ -1051,6 +1052,10 @@ fail:
 }
 
 const dseek_info *dseek_model_info(const dseek_model *m) { return &m->info; }
+
+int dseek_layer_is_moe(const dseek_model *m, int li) {
+    return li >= 0 && li < m->c.num_hidden_layers + m->info.n_mtp && m->layers[li].is_moe;
+}
 
 /* ============================================================================
  * 5. Kernels
@@ -1205,6 +1210,8 @@ struct dseek_session {
     float *hchain;            /* hidden state fed to a chained MTP draft [D] */
     float *xcat;              /* MTP input [enorm(e), hnorm(h)] [B, 2D] */
     float *cache;             /* latent cache [L + n_mtp][n_ctx][R + rope] */
+    int *route_log;           /* optional: chosen experts [L + n_mtp][route_n][k], or NULL */
+    int route_n;
     char err[512];
 };
 
@@ -1368,7 +1375,8 @@ static void route_token(const Config *c, const float *logits, const float *bias,
 
 /* MoE block: y = sum_i w_i Expert_i(x) + Shared(x). Tokens are grouped by expert so that each
  * chosen expert's weights are read once for all the tokens that chose it. */
-static void moe_forward(dseek_session *s, const Layer *ly, const float *xn, float *y, int T) {
+static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int T, int pos) {
+    const Layer *ly = &s->m->layers[li];
     const Config *c = &s->m->c;
     const size_t D = (size_t)c->hidden_size, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
     /* router logits in float32: gate.weight x */
@@ -1380,6 +1388,8 @@ static void moe_forward(dseek_session *s, const Layer *ly, const float *xn, floa
             s->rlogits[t * E + e] = a;
         }
     for (int t = 0; t < T; t++) route_token(c, s->rlogits + t * E, ly->router_bias, s->topk + t * k, s->topw + t * k);
+    if (s->route_log && pos + T <= s->route_n)
+        memcpy(s->route_log + ((size_t)li * (size_t)s->route_n + (size_t)pos) * k, s->topk, (size_t)T * k * sizeof(int));
 
     if (c->n_shared_experts) mlp_forward(s, &ly->shared, xn, y, T);
     else memset(y, 0, (size_t)T * D * sizeof(float));
@@ -1419,7 +1429,7 @@ static void layer_forward(dseek_session *s, int li, int T, int pos) {
     mla_forward(s, li, s->xn, s->y, T, pos);
     for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->y[i];
     for (int t = 0; t < T; t++) rmsnorm(s->xn + t * D, s->x + t * D, ly->ffn_norm, D, m->c.rms_norm_eps);
-    if (ly->is_moe) moe_forward(s, ly, s->xn, s->y, T);
+    if (ly->is_moe) moe_forward(s, li, s->xn, s->y, T, pos);
     else mlp_forward(s, &ly->mlp, s->xn, s->y, T);
     for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->y[i];
 }
@@ -1539,6 +1549,11 @@ void dseek_session_free(dseek_session *s) {
 }
 
 const char *dseek_session_error(const dseek_session *s) { return s->err; }
+
+void dseek_session_log_routing(dseek_session *s, int *buf, int n_pos) {
+    s->route_log = buf;
+    s->route_n = buf ? n_pos : 0;
+}
 int dseek_session_ctx(const dseek_session *s) { return s->n_ctx; }
 
 int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_session **out, char *err, size_t errlen) {

@@ -50,6 +50,7 @@ typedef struct {
     int chat;                 /* run --chat: apply the chat template */
     int hide_think;           /* --hide-think */
     const char *ids_log;      /* chat --ids-log FILE (for tests) */
+    const char *routing_out;  /* logits --routing-out FILE */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -86,10 +87,11 @@ static void usage(const char *cmd) {
                 "  models with an MTP layer are also decoded with speculative decoding\n");
     if (!cmd || !strcmp(cmd, "logits"))
         fprintf(stderr,
-                "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [--mtp] [-c CTX] [-t THREADS]\n"
+                "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [--mtp] [--routing-out FILE] [-c CTX] [-t THREADS]\n"
                 "  writes the [T, vocab] float32 logits of every position as a NumPy .npy file\n"
                 "  default: one prefill of all tokens; --decode: one token at a time; --chunk N: N at a time\n"
-                "  --mtp: the MTP head's logits instead, for the inputs tokens[1:] + [argmax of the last row]\n");
+                "  --mtp: the MTP head's logits instead, for the inputs tokens[1:] + [argmax of the last row]\n"
+                "  --routing-out FILE: the chosen experts as int32 .npy, [MoE layers, T, k] ([T, k] with --mtp)\n");
     if (!cmd || !strcmp(cmd, "tokenize"))
         fprintf(stderr, "usage: dseek tokenize -m DIR (-p TEXT | -f FILE)\n"
                         "  prints the token ids the model sees (bos first when add_bos_token); needs only\n"
@@ -141,6 +143,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--chat")) a->chat = 1;
         else if (!strcmp(f, "--hide-think")) a->hide_think = 1;
         else if (!strcmp(f, "--ids-log")) a->ids_log = VAL;
+        else if (!strcmp(f, "--routing-out")) a->routing_out = VAL;
         else if (!strcmp(f, "-r")) { a->reps = (int)parse_long(f, v, 1, 1000); i++; }
         else if (!strcmp(f, "--json")) a->json = 1;
         else if (!strcmp(f, "-b") || !strcmp(f, "--batch")) { a->batch = (int)parse_long(f, v, 1, 1 << 16); i++; }
@@ -201,11 +204,20 @@ static dseek_session *open_session(const dseek_model *m, int ctx, int batch) {
 }
 
 /* Writes a float32 [rows, cols] array as .npy (version 1.0). */
-static int write_npy(const char *path, const float *a, size_t rows, size_t cols) {
+/* Writes an array of little-endian float32 ('<f4') or int32 ('<i4') as .npy version 1.0;
+ * shape has nd (1..3) sizes. */
+static int write_npy(const char *path, const void *a, const char *descr, const size_t *shape, int nd) {
     FILE *f = fopen(path, "wb");
     if (!f) return -1;
-    char hdr[128];
-    int n = snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%zu, %zu), }", rows, cols);
+    char dims[96] = "";
+    size_t count = 1;
+    for (int i = 0; i < nd; i++) {
+        snprintf(dims + strlen(dims), sizeof dims - strlen(dims), "%zu, ", shape[i]);
+        count *= shape[i];
+    }
+    if (nd > 1) dims[strlen(dims) - 2] = 0; /* (a, b) but (a,) */
+    char hdr[192];
+    int n = snprintf(hdr, sizeof hdr, "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, dims);
     int total = 10 + n + 1, pad = (64 - total % 64) % 64;
     unsigned short hl = (unsigned short)(n + pad + 1);
     fwrite("\x93NUMPY\x01\x00", 1, 8, f);
@@ -214,8 +226,8 @@ static int write_npy(const char *path, const float *a, size_t rows, size_t cols)
     fwrite(hdr, 1, (size_t)n, f);
     for (int i = 0; i < pad; i++) fputc(' ', f);
     fputc('\n', f);
-    size_t w = fwrite(a, sizeof(float), rows * cols, f);
-    return fclose(f) || w != rows * cols ? -1 : 0;
+    size_t w = fwrite(a, 4, count, f);
+    return fclose(f) || w != count ? -1 : 0;
 }
 
 static void check(dseek_session *s, int rc) {
@@ -249,6 +261,14 @@ static int cmd_logits(int argc, char **argv) {
     int *next = malloc((size_t)T * sizeof(int));
     if (!logits || !next || (a.mtp && !mtp)) die("%s", "out of memory for the logits");
     if (a.mtp && !dseek_model_info(m)->n_mtp) die("%s: --mtp: the model has no MTP layer", a.model);
+    int *routes = NULL;
+    if (a.routing_out) {
+        const dseek_info *in = dseek_model_info(m);
+        if (!in->experts_per_tok) die("%s: --routing-out: the model has no MoE layers", a.model);
+        routes = calloc((size_t)(in->n_layers + in->n_mtp) * (size_t)T * (size_t)in->experts_per_tok, sizeof(int));
+        if (!routes) die("%s", "out of memory");
+        dseek_session_log_routing(s, routes, T);
+    }
     for (int i = 0; i < T; i += step) {
         int n = T - i < step ? T - i : step;
         check(s, dseek_forward(s, tok + i, n, i, logits + (size_t)i * V, 1));
@@ -257,7 +277,22 @@ static int cmd_logits(int argc, char **argv) {
         for (int j = i; j < i + n; j++) next[j - i] = j + 1 < T ? tok[j + 1] : argmax(logits + (size_t)j * V, V);
         check(s, dseek_mtp_forward(s, next, n, i, mtp + (size_t)i * V, 1));
     }
-    if (write_npy(a.out, a.mtp ? mtp : logits, (size_t)T, (size_t)V)) die("%s: cannot write", a.out);
+    size_t shape[3] = {(size_t)T, (size_t)V, 0};
+    if (write_npy(a.out, a.mtp ? mtp : logits, "<f4", shape, 2)) die("%s: cannot write", a.out);
+    if (a.routing_out) {
+        /* [MoE layers, T, k] for the main model; [T, k] of the MTP layer with --mtp */
+        const dseek_info *in = dseek_model_info(m);
+        int k = in->experts_per_tok, nl = 0;
+        int *sel = malloc((size_t)(in->n_layers + in->n_mtp) * (size_t)T * (size_t)k * sizeof(int));
+        for (int l = a.mtp ? in->n_layers : 0; l < (a.mtp ? in->n_layers + 1 : in->n_layers); l++)
+            if (dseek_layer_is_moe(m, l))
+                memmove(sel + (size_t)nl++ * T * k, routes + (size_t)l * T * k, (size_t)T * k * sizeof(int));
+        size_t rs[3] = {(size_t)nl, (size_t)T, (size_t)k};
+        if (a.mtp ? write_npy(a.routing_out, sel, "<i4", rs + 1, 2) : write_npy(a.routing_out, sel, "<i4", rs, 3))
+            die("%s: cannot write", a.routing_out);
+        free(sel);
+    }
+    free(routes);
     free(logits);
     free(mtp);
     free(next);

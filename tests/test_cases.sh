@@ -36,6 +36,15 @@ PYEOF
       fi
       if r=$($PY tools/npcmp.py "$out" "$dir/ref/$ref" --tol 1e-4 --label "$name $mode t=$th"); then ok "$r"; else bad "$r"; fi
     done
+    # routing: the chosen experts of every MoE layer, compared as sets
+    if ./dseek logits -m "$dir" --tokens "$TOK" -o "$tmp/r.npy" --routing-out "$tmp/$name.route.npy" -t $th 2>"$tmp/err"; then
+      if r=$($PY tools/npcmp.py "$tmp/$name.route.npy" "$dir/ref/moe_topk_idx.npy" --sets --label "$name routing t=$th"); then ok "$r"; else bad "$r"; fi
+    else bad "$name routing: $(cat "$tmp/err")"; fi
+    if [ -f "$dir/ref/mtp_topk_idx.npy" ]; then
+      if ./dseek logits -m "$dir" --tokens "$TOK" --mtp -o "$tmp/r.npy" --routing-out "$tmp/$name.mroute.npy" -t $th 2>"$tmp/err"; then
+        if r=$($PY tools/npcmp.py "$tmp/$name.mroute.npy" "$dir/ref/mtp_topk_idx.npy" --sets --label "$name mtp routing t=$th"); then ok "$r"; else bad "$r"; fi
+      else bad "$name mtp routing: $(cat "$tmp/err")"; fi
+    fi
     if [ -f "$dir/ref/mtp_logits.npy" ]; then
       for mode in prefill decode chunk7; do
         case $mode in

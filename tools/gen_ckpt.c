@@ -625,6 +625,23 @@ static out_t make_out(const plan_t *p, const char *dir, int twin, int ns) {
     return o;
 }
 
+/* Frees what make_out allocated (scale_inv names are its own; weight names belong to the plan). */
+static void free_out(out_t *o, const plan_t *p) {
+    for (int i = 0, j = 0; i < o->n; i++) {
+        if (j < (int)p->n && o->e[i].name == p->t[j].name) { j++; continue; }
+        free((char *)o->e[i].name);
+    }
+    free(o->e);
+    free(o->first);
+}
+
+static void free_plan(plan_t *p, out_t *om, out_t *ot) {
+    free_out(om, p);
+    if (ot) free_out(ot, p);
+    for (size_t i = 0; i < p->n; i++) free(p->t[i].name);
+    free(p->t);
+}
+
 /* Remove weight files a previous run may have left in dir (our names only). */
 static void clean_dir(const char *dir) {
     DIR *d = opendir(dir);
@@ -826,6 +843,7 @@ int main(int argc, char **argv) {
     if (c.dry_run) {
         write_config(&c, c.out, 0);
         printf("tensors %d params %zu bytes %zu shards %ld\n", om.n, params, om.bytes, c.shards);
+        free_plan(&p, &om, c.twin ? &ot : NULL);
         return 0;
     }
     clean_dir(c.out);
@@ -844,5 +862,9 @@ int main(int argc, char **argv) {
     if (c.twin) { out_finish(&ot); write_config(&c, c.twin, 1); }
     fprintf(stderr, "gen_ckpt: %s: %d tensors, %.3f B params, %.1f MB in %ld file(s)%s (%.1f s)\n", c.out, om.n,
             params / 1e9, om.bytes / 1e6, c.shards, c.twin ? ", plus F32 twin" : "", now_s() - g.t0);
+    free(g.f);
+    free(g.enc);
+    free(g.tw);
+    free_plan(&p, &om, c.twin ? &ot : NULL);
     return 0;
 }
