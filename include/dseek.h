@@ -68,6 +68,15 @@ void dseek_session_free(dseek_session *s);
 const char *dseek_session_error(const dseek_session *s);
 int dseek_session_ctx(const dseek_session *s);
 
+/* Seconds spent so far in each part of the model (for bench), and routed expert MLPs run
+ * (each counted once per forward step however many tokens chose it). */
+typedef struct {
+    double attention, dense_mlp, moe, lm_head; /* main model */
+    double mtp;                                 /* the MTP head, all of it */
+    long experts_run, mtp_experts_run;
+} dseek_profile;
+void dseek_session_profile(const dseek_session *s, dseek_profile *p);
+
 /* Diagnostics: from now on, every MoE layer li records the experts chosen for positions
  * below n_pos in buf[(li * n_pos + pos) * k + i] (k = num_experts_per_tok; buf holds
  * (n_layers + n_mtp) * n_pos * k ints; rows of dense layers are left alone). NULL stops. */

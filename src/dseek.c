@@ -1210,6 +1210,7 @@ struct dseek_session {
     float *hchain;            /* hidden state fed to a chained MTP draft [D] */
     float *xcat;              /* MTP input [enorm(e), hnorm(h)] [B, 2D] */
     float *cache;             /* latent cache [L + n_mtp][n_ctx][R + rope] */
+    dseek_profile prof;       /* time spent per part of the model, accumulated */
     int *route_log;           /* optional: chosen experts [L + n_mtp][route_n][k], or NULL */
     int route_n;
     char err[512];
@@ -1404,6 +1405,7 @@ static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int
                     n++;
                 }
         if (!n) continue;
+        s->prof.experts_run++;
         mlp_forward(s, &ly->experts[e], s->xe, s->ye, n);
         for (int j = 0; j < n; j++) {
             int t = s->etok[j] / (int)k;
@@ -1421,17 +1423,29 @@ static void embed_tokens(dseek_session *s, const Tensor *emb, const int *tok, in
 }
 
 /* One decoder layer over s->x in place: x += Attn(RMSNorm(x)); x += FFN(RMSNorm(x)). */
+static double clock_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static void layer_forward(dseek_session *s, int li, int T, int pos) {
     const dseek_model *m = s->m;
     const Layer *ly = &m->layers[li];
     const size_t D = (size_t)m->c.hidden_size;
+    double t0 = clock_s();
     for (int t = 0; t < T; t++) rmsnorm(s->xn + t * D, s->x + t * D, ly->attn_norm, D, m->c.rms_norm_eps);
     mla_forward(s, li, s->xn, s->y, T, pos);
     for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->y[i];
+    double t1 = clock_s();
     for (int t = 0; t < T; t++) rmsnorm(s->xn + t * D, s->x + t * D, ly->ffn_norm, D, m->c.rms_norm_eps);
     if (ly->is_moe) moe_forward(s, li, s->xn, s->y, T, pos);
     else mlp_forward(s, &ly->mlp, s->xn, s->y, T);
     for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->y[i];
+    double t2 = clock_s();
+    s->prof.attention += t1 - t0;
+    if (ly->is_moe) s->prof.moe += t2 - t1;
+    else s->prof.dense_mlp += t2 - t1;
 }
 
 /* One step of at most n_batch tokens: embeddings, every layer, final norm, lm_head. */
@@ -1444,8 +1458,10 @@ static void forward_step(dseek_session *s, const int *tok, int T, int pos, float
     for (int t = 0; t < T; t++) rmsnorm(h + t * D, s->x + t * D, m->final_norm, D, m->c.rms_norm_eps);
     if (s->hid_by_pos) s->hid_end = pos + T;
     if (!logits) return;
+    double t0 = clock_s();
     if (all_rows) matmul(&s->sc, logits, h, &m->lm_head, T);
     else matmul(&s->sc, logits, h + (size_t)(T - 1) * D, &m->lm_head, 1);
+    s->prof.lm_head += clock_s() - t0;
 }
 
 /* The MTP head at positions pos.. (SPEC "MTP head", vLLM semantics): h[t] is the main
@@ -1460,6 +1476,8 @@ static void mtp_step(dseek_session *s, const int *next_tok, int T, int pos, cons
     const Layer *ly = &m->layers[li];
     const size_t D = (size_t)m->c.hidden_size;
     const float eps = m->c.rms_norm_eps;
+    dseek_profile before = s->prof;
+    double t0 = clock_s();
     for (int t = 0; t < T; t++) {
         float *xc = s->xcat + (size_t)t * 2 * D;
         if (pos + t == 0) memset(xc, 0, D * sizeof(float));
@@ -1472,10 +1490,19 @@ static void mtp_step(dseek_session *s, const int *next_tok, int T, int pos, cons
     matmul(&s->sc, s->x, s->xcat, &ly->eh_proj, T);
     layer_forward(s, li, T, pos);
     for (int t = 0; t < T; t++) rmsnorm(s->xn + t * D, s->x + t * D, ly->head_norm, D, eps);
-    if (!logits) return;
-    if (all_rows) matmul(&s->sc, logits, s->xn, &ly->head, T);
-    else matmul(&s->sc, logits, s->xn + (size_t)(T - 1) * D, &ly->head, 1);
+    if (logits) {
+        if (all_rows) matmul(&s->sc, logits, s->xn, &ly->head, T);
+        else matmul(&s->sc, logits, s->xn + (size_t)(T - 1) * D, &ly->head, 1);
+    }
+    /* the head's time is its own, not the main model's parts */
+    double spent = clock_s() - t0;
+    long experts = s->prof.experts_run - before.experts_run;
+    s->prof = before;
+    s->prof.mtp += spent;
+    s->prof.mtp_experts_run += experts;
 }
+
+void dseek_session_profile(const dseek_session *s, dseek_profile *p) { *p = s->prof; }
 
 static int check_tokens(dseek_session *s, const int *tokens, int n, int pos) {
     const dseek_model *m = s->m;

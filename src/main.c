@@ -666,6 +666,78 @@ static double bench_decode(dseek_session *s, const dseek_info *info, int n, int 
     return (got - 1) / t;
 }
 
+/* profile b - a */
+static dseek_profile prof_delta(dseek_profile a, dseek_profile b) {
+    return (dseek_profile){b.attention - a.attention, b.dense_mlp - a.dense_mlp, b.moe - a.moe, b.lm_head - a.lm_head,
+                           b.mtp - a.mtp, b.experts_run - a.experts_run, b.mtp_experts_run - a.mtp_experts_run};
+}
+
+/* What speculative decoding costs here: one 1-token forward, one 2-token verify forward and
+ * one MTP draft at the same position, repeated with fresh random tokens; per-part times give
+ * the verify/forward ratio of a full DeepSeek-V3 (3 dense + 58 MoE layers) from the per-layer
+ * costs of this model. Prints its findings; the best of `reps` is kept for each. */
+static void bench_mtp_cost(dseek_session *s, const dseek_info *info, const dseek_model *m, int reps, int json) {
+    const int P0 = 24;
+    int nd = 0, nm = 0;
+    for (int l = 0; l < info->n_layers; l++) dseek_layer_is_moe(m, l) ? nm++ : nd++;
+    double best1 = 1e30, best2 = 1e30, bestd = 1e30;
+    dseek_profile p1 = {0}, p2 = {0};
+    uint64_t r = 7;
+    int ctx[P0 + 2];
+    float *lg = malloc(2 * (size_t)info->vocab_size * sizeof(float));
+    if (!lg) die("%s", "out of memory");
+    for (int rep = 0; rep < reps; rep++) {
+        for (int i = 0; i < P0 + 2; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            ctx[i] = (int)((r >> 33) % (uint64_t)info->vocab_size);
+        }
+        check(s, dseek_forward(s, ctx, P0, 0, NULL, 0));
+        check(s, dseek_mtp_forward(s, ctx + 1, P0 - 1, 0, NULL, 0)); /* the head's cache up to P0-2 */
+        dseek_profile a, b, c;
+        dseek_session_profile(s, &a);
+        double t0 = now_s();
+        check(s, dseek_forward(s, ctx + P0, 1, P0, lg, 0));
+        double t1 = now_s();
+        dseek_session_profile(s, &b);
+        check(s, dseek_mtp_forward(s, ctx + P0, 1, P0 - 1, lg, 0));
+        double t2 = now_s();
+        dseek_session_profile(s, &c);
+        check(s, dseek_forward(s, ctx + P0, 2, P0, lg, 1));
+        double t3 = now_s();
+        dseek_profile d;
+        dseek_session_profile(s, &d);
+        if (t1 - t0 < best1) { best1 = t1 - t0; p1 = prof_delta(a, b); }
+        if (t2 - t1 < bestd) bestd = t2 - t1;
+        if (t3 - t2 < best2) { best2 = t3 - t2; p2 = prof_delta(c, d); }
+    }
+    free(lg);
+    /* per-layer costs, then DeepSeek-V3's 61 layers (3 dense, 58 MoE) */
+    int L = info->n_layers;
+    double a1 = p1.attention / L, a2 = p2.attention / L;
+    double d1 = nd ? p1.dense_mlp / nd : 0, d2 = nd ? p2.dense_mlp / nd : 0;
+    double m1 = nm ? p1.moe / nm : 0, m2 = nm ? p2.moe / nm : 0;
+    double v3_1 = 61 * a1 + 3 * d1 + 58 * m1 + p1.lm_head, v3_2 = 61 * a2 + 3 * d2 + 58 * m2 + p2.lm_head;
+    double u1 = nm ? (double)p1.experts_run / nm : 0, u2 = nm ? (double)p2.experts_run / nm : 0;
+    double ratio = best2 / best1, draft = bestd / best1, ratio_v3 = v3_2 / v3_1, draft_v3 = bestd / v3_1;
+    if (json) {
+        printf("{\"test\": \"mtp_cost\", \"forward_ms\": %.3f, \"verify_ms\": %.3f, \"draft_ms\": %.3f, "
+               "\"verify_over_forward\": %.3f, \"draft_over_forward\": %.3f, \"experts_per_moe_layer_1tok\": %.2f, "
+               "\"experts_per_moe_layer_verify\": %.2f, \"v3_61_layers_verify_over_forward\": %.3f, "
+               "\"v3_61_layers_draft_over_forward\": %.3f, \"v3_speedup_at_85\": %.3f, \"v3_speedup_at_90\": %.3f}\n",
+               best1 * 1e3, best2 * 1e3, bestd * 1e3, ratio, draft, u1, u2, ratio_v3, draft_v3,
+               1.85 / (ratio_v3 + draft_v3), 1.90 / (ratio_v3 + draft_v3));
+        return;
+    }
+    printf("mtp cost (best of %d): 1-token forward %.2f ms, 2-token verify %.2f ms (x%.2f), one draft %.2f ms (x%.2f)\n",
+           reps, best1 * 1e3, best2 * 1e3, ratio, bestd * 1e3, draft);
+    printf("  per layer, 1 token -> 2 tokens: attention %.3f -> %.3f ms, dense MLP %.3f -> %.3f ms, MoE %.3f -> %.3f ms"
+           " (%.1f -> %.1f experts run); lm_head %.2f -> %.2f ms\n",
+           a1 * 1e3, a2 * 1e3, d1 * 1e3, d2 * 1e3, m1 * 1e3, m2 * 1e3, u1, u2, p1.lm_head * 1e3, p2.lm_head * 1e3);
+    printf("  as a 61-layer DeepSeek-V3 (3 dense + 58 MoE): verify = %.2f x forward, draft = %.3f x forward;\n"
+           "  speedup at 85%% / 90%% acceptance: x%.2f / x%.2f\n",
+           ratio_v3, draft_v3, 1.85 / (ratio_v3 + draft_v3), 1.90 / (ratio_v3 + draft_v3));
+}
+
 static int cmd_bench(int argc, char **argv) {
     Args a;
     parse_args(argc, argv, &a, "bench");
@@ -736,6 +808,7 @@ static int cmd_bench(int argc, char **argv) {
                    stm.main_forwards ? (double)(stm.tokens - 1) / stm.main_forwards : 0,
                    stm.t_plain > 0 ? stm.t_verify / stm.t_plain : 0, stm.t_plain > 0 ? stm.t_draft / stm.t_plain : 0);
     }
+    if (mtp && N > 1) bench_mtp_cost(s, info, m, R > 3 ? R : 3, a.json);
     free(tok);
     dseek_session_free(s);
     dseek_model_free(m);
