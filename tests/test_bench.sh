@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# dseek bench: --json prints one valid object per result with positive speeds, and the
+# bytes it reports per decoded token equal those computed independently from the
+# checkpoint's safetensors header (attention, dense/shared weights, k routed experts, the
+# router in float32, lm_head and one embedding row).
+set -u
+cd "$(dirname "$0")/.."
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+make -s dseek tools/gen_ckpt || exit 1
+./tools/gen_ckpt --out "$tmp/m" --preset tiny-v3 --dtype fp8 --hidden 200 --moe-inter 72 --seed 3 >/dev/null 2>&1 || exit 1
+./dseek bench -m "$tmp/m" -p 16 -n 8 -r 2 --json >"$tmp/out.json" 2>"$tmp/err" || { echo "FAIL bench: $(cat "$tmp/err")"; echo "test_bench: 0 passed, 1 failed"; exit 1; }
+./dseek bench -m "$tmp/m" -p 16 -n 8 -r 1 >"$tmp/out.txt" 2>&1 || { echo "FAIL bench text"; exit 1; }
+/usr/bin/python3 - "$tmp/m" "$tmp/out.json" "$tmp/out.txt" <<'PYEOF'
+import json, struct, sys
+d, out, txt = sys.argv[1:]
+rows = [json.loads(l) for l in open(out)]
+passed = failed = 0
+def check(cond, what):
+    global passed, failed
+    print(("ok   " if cond else "FAIL ") + what)
+    passed += bool(cond); failed += not cond
+info = rows[0]
+tests = {r["test"]: r for r in rows[1:]}
+check(set(tests) == {"pp16", "tg8", "tg8_mtp", "mtp_cost"}, f"results: {sorted(tests)}")
+check(all(tests[t]["tokens_per_s"] > 0 for t in ("pp16", "tg8", "tg8_mtp")), "positive speeds")
+check(info["bandwidth_gbs"] > 0 and info["peak_rss_mib"] > 0, "bandwidth and memory measured")
+check(tests["mtp_cost"]["verify_over_forward"] > 0 and tests["mtp_cost"]["experts_per_moe_layer_1tok"] == 4,
+      f"mtp cost: {tests['mtp_cost']['experts_per_moe_layer_1tok']} experts per MoE layer for 1 token (k=4)")
+b = open(d + "/model.safetensors", "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
+c = json.load(open(d + "/config.json"))
+size = lambda name: h[name]["data_offsets"][1] - h[name]["data_offsets"][0] + (
+    h[name + "_scale_inv"]["data_offsets"][1] - h[name + "_scale_inv"]["data_offsets"][0] if name + "_scale_inv" in h else 0)
+want = size("lm_head.weight") + size("model.embed_tokens.weight") // c["vocab_size"]
+for l in range(c["num_hidden_layers"]):
+    p = f"model.layers.{l}."
+    for t in ["q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]:
+        if p + f"self_attn.{t}.weight" in h: want += size(p + f"self_attn.{t}.weight")
+    mlp = lambda q: sum(size(q + f"{x}_proj.weight") for x in ("gate", "up", "down"))
+    if l < c["first_k_dense_replace"]: want += mlp(p + "mlp.")
+    else:
+        want += mlp(p + "mlp.shared_experts.") + c["num_experts_per_tok"] * mlp(p + "mlp.experts.0.")
+        want += c["n_routed_experts"] * c["hidden_size"] * 4
+check(info["decode_bytes_per_token"] == want, f"decode bytes per token {info['decode_bytes_per_token']} == {want} from the header")
+t = open(txt).read()
+check("pp16" in t and "tg8" in t and "roofline" in t and "mtp cost" in t, "text report has pp, tg, roofline, mtp cost")
+print(f"test_bench: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
+PYEOF
