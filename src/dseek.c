@@ -2518,33 +2518,37 @@ static int tk_add_norm(dseek_tokenizer *tok, tk_ctx *c, tk_norm st) {
     return 0;
 }
 
+typedef int (*tk_loader)(dseek_tokenizer *tok, tk_ctx *c, const cJSON *n, const char *path, int depth);
+
+/* The part normalizers and pre-tokenizers share: null is nothing, a node must be an object
+ * with a "type", and a Sequence loads each element of its array `key` with `load`.
+ * Returns -1 on error, 1 when the node is done (null or Sequence), 0 with *type set. */
+static int tk_load_node(dseek_tokenizer *tok, tk_ctx *c, const cJSON *n, const char *path, int depth,
+                        const char *key, tk_loader load, const char **type) {
+    if (!n || cJSON_IsNull(n)) return 1;
+    if (depth > 16) return tk_fail(c->err, c->errlen, "%s: %s: nested too deep", c->file, path);
+    if (!cJSON_IsObject(n)) return tk_fail(c->err, c->errlen, "%s: %s: not an object", c->file, path);
+    if (tk_json_str(c, n, path, "type", type)) return -1;
+    if (strcmp(*type, "Sequence")) return 0;
+    const cJSON *arr = cJSON_GetObjectItemCaseSensitive(n, key);
+    if (!cJSON_IsArray(arr))
+        return tk_fail(c->err, c->errlen, "%s: %s.%s: missing or not an array", c->file, path, key);
+    int i = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr) {
+        char sub[256];
+        snprintf(sub, sizeof sub, "%s.%s[%d]", path, key, i++);
+        if (load(tok, c, it, sub, depth + 1)) return -1;
+    }
+    return 1;
+}
+
 /* Loads a normalizer (recursively for Sequence). */
 static int tk_load_normalizer(dseek_tokenizer *tok, tk_ctx *c, const cJSON *n,
                               const char *path, int depth) {
-    if (!n || cJSON_IsNull(n)) return 0;
-    if (depth > 16)
-        return tk_fail(c->err, c->errlen, "%s: %s: nested too deep", c->file,
-                       path);
-    if (!cJSON_IsObject(n))
-        return tk_fail(c->err, c->errlen, "%s: %s: not an object", c->file,
-                       path);
     const char *type = 0;
-    if (tk_json_str(c, n, path, "type", &type)) return -1;
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(n, "normalizers");
-        if (!cJSON_IsArray(arr))
-            return tk_fail(c->err, c->errlen,
-                           "%s: %s.normalizers: missing or not an array",
-                           c->file, path);
-        int i = 0;
-        const cJSON *it;
-        cJSON_ArrayForEach(it, arr) {
-            char sub[256];
-            snprintf(sub, sizeof sub, "%s.normalizers[%d]", path, i++);
-            if (tk_load_normalizer(tok, c, it, sub, depth + 1)) return -1;
-        }
-        return 0;
-    }
+    int r = tk_load_node(tok, c, n, path, depth, "normalizers", tk_load_normalizer, &type);
+    if (r) return r < 0 ? -1 : 0;
     tk_norm st = {0};
     if (!strcmp(type, "Prepend")) {
         const char *s = 0;
@@ -2628,30 +2632,9 @@ static int tk_behavior(tk_ctx *c, const cJSON *o, const char *path, int def,
 /* Loads a pre-tokenizer (recursively for Sequence). */
 static int tk_load_pretok(dseek_tokenizer *tok, tk_ctx *c, const cJSON *n,
                           const char *path, int depth) {
-    if (!n || cJSON_IsNull(n)) return 0;
-    if (depth > 16)
-        return tk_fail(c->err, c->errlen, "%s: %s: nested too deep", c->file,
-                       path);
-    if (!cJSON_IsObject(n))
-        return tk_fail(c->err, c->errlen, "%s: %s: not an object", c->file,
-                       path);
     const char *type = 0;
-    if (tk_json_str(c, n, path, "type", &type)) return -1;
-    if (!strcmp(type, "Sequence")) {
-        const cJSON *arr = cJSON_GetObjectItemCaseSensitive(n, "pretokenizers");
-        if (!cJSON_IsArray(arr))
-            return tk_fail(c->err, c->errlen,
-                           "%s: %s.pretokenizers: missing or not an array",
-                           c->file, path);
-        int i = 0;
-        const cJSON *it;
-        cJSON_ArrayForEach(it, arr) {
-            char sub[256];
-            snprintf(sub, sizeof sub, "%s.pretokenizers[%d]", path, i++);
-            if (tk_load_pretok(tok, c, it, sub, depth + 1)) return -1;
-        }
-        return 0;
-    }
+    int r = tk_load_node(tok, c, n, path, depth, "pretokenizers", tk_load_pretok, &type);
+    if (r) return r < 0 ? -1 : 0;
     tk_pre st = {0};
     if (!strcmp(type, "Split")) {
         st.kind = TK_PRE_SPLIT;
