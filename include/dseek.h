@@ -126,6 +126,8 @@ typedef struct {
     long drafted, accepted;   /* MTP drafts made and accepted */
     double acceptance;        /* running acceptance rate */
     double t_plain, t_verify, t_draft; /* running seconds: 1-token forward, verify forward, one draft */
+    double b_plain, b_verify, b_draft; /* running weight bytes read by the same (what adaptive drafting
+                                          decides on: bandwidth-bound, and the same on every run) */
 } dseek_gen_stats;
 
 typedef struct dseek_gen dseek_gen;

@@ -649,6 +649,9 @@ struct dseek_model {
     float softmax_scale;      /* attention score scale */
     void **owned;             /* small float32 copies made at load (norms, router) */
     size_t n_owned, cap_owned;
+    size_t bytes_fixed;       /* weight bytes a main forward reads besides routed experts */
+    size_t bytes_expert;      /* bytes of one routed expert MLP */
+    size_t bytes_mtp_fixed;   /* weight bytes an MTP step reads besides routed experts */
     size_t max_in;            /* largest input dim of any matmul */
     size_t max_inter;         /* largest MLP width */
 };
@@ -910,6 +913,11 @@ static size_t tensor_bytes(const Tensor *t) {
 
 static size_t mlp_bytes(const MLP *f) { return tensor_bytes(&f->gate) + tensor_bytes(&f->up) + tensor_bytes(&f->down); }
 
+static size_t attn_bytes(const Layer *ly) {
+    return tensor_bytes(&ly->q_proj) + tensor_bytes(&ly->q_a) + tensor_bytes(&ly->q_b) + tensor_bytes(&ly->kv_a) +
+           tensor_bytes(&ly->kv_b) + tensor_bytes(&ly->o_proj);
+}
+
 /* Weight bytes one decoded token reads (main model): every attention and dense weight, the
  * shared experts, k routed experts per MoE layer, the router, lm_head and one embedding row. */
 static size_t decode_bytes(const dseek_model *m) {
@@ -917,13 +925,31 @@ static size_t decode_bytes(const dseek_model *m) {
     size_t b = tensor_bytes(&m->lm_head) + tensor_bytes(&m->embed) / (size_t)c->vocab_size;
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const Layer *ly = &m->layers[l];
-        b += tensor_bytes(&ly->q_proj) + tensor_bytes(&ly->q_a) + tensor_bytes(&ly->q_b) + tensor_bytes(&ly->kv_a) +
-             tensor_bytes(&ly->kv_b) + tensor_bytes(&ly->o_proj);
+        b += attn_bytes(ly);
         if (!ly->is_moe) b += mlp_bytes(&ly->mlp);
         else b += mlp_bytes(&ly->shared) + (size_t)c->num_experts_per_tok * mlp_bytes(&ly->experts[0]) +
                   (size_t)c->n_routed_experts * (size_t)c->hidden_size * sizeof(float);
     }
     return b;
+}
+
+/* The weight traffic of forwards, for deciding when MTP drafting pays: decoding is bound by
+ * memory bandwidth, so a forward costs the bytes it reads, and those depend on how many
+ * routed experts the tokens chose (counted as they run). */
+static void traffic_model(dseek_model *m) {
+    const Config *c = &m->c;
+    int moe = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) moe += m->layers[l].is_moe;
+    m->bytes_expert = c->n_routed_experts ? mlp_bytes(&m->layers[c->num_hidden_layers > c->first_k_dense_replace
+                                                                    ? c->first_k_dense_replace : 0].experts[0]) : 0;
+    m->bytes_fixed = m->info.decode_bytes_per_token - (size_t)moe * (size_t)c->num_experts_per_tok * m->bytes_expert;
+    if (m->info.n_mtp) {
+        const Layer *ly = &m->layers[c->num_hidden_layers];
+        m->bytes_mtp_fixed = attn_bytes(ly) + tensor_bytes(&ly->eh_proj) + tensor_bytes(&ly->head) +
+                             tensor_bytes(&ly->embed) / (size_t)c->vocab_size +
+                             (ly->is_moe ? mlp_bytes(&ly->shared) + (size_t)c->n_routed_experts * (size_t)c->hidden_size * 4
+                                         : mlp_bytes(&ly->mlp));
+    }
 }
 
 void dseek_model_free(dseek_model *m) {
@@ -1043,6 +1069,7 @@ int dseek_model_open(const char *dir, dseek_model **out, char *err, size_t errle
                                     (size_t)(c->kv_lora_rank + c->qk_rope_head_dim) * sizeof(float);
     if (2 * D > m->max_in) m->max_in = 2 * D;
     m->info.decode_bytes_per_token = decode_bytes(m);
+    traffic_model(m);
     *out = m;
     return 0;
 fail:
@@ -4043,7 +4070,8 @@ struct dseek_gen {
     float *p;                 /* [V] main distribution */
     int *next;                /* [n_ctx] scratch for MTP inputs */
     double alpha;             /* running acceptance rate of a draft */
-    double t_plain, t_verify, t_draft; /* running costs in seconds (0 = not measured yet) */
+    double b_plain, b_verify, b_draft; /* running weight bytes read: plain forward, verify forward, one draft */
+    double t_plain, t_verify, t_draft; /* running seconds of the same (reported, not decided on) */
     int since_probe;          /* plain steps since drafting last ran */
     dseek_gen_stats st;
 };
@@ -4152,14 +4180,18 @@ int dseek_gen_step(dseek_gen *g, int *out, int *n_out) {
     int k = g->cfg.n_draft;
     if (g->n + k >= s->n_ctx) k = s->n_ctx - 1 - g->n; /* drafts must fit in the context */
     int draft = g->cfg.mtp && k > 0;
-    if (draft && g->cfg.adaptive && g->t_plain > 0 && g->t_verify > 0 && g->t_draft > 0) {
-        /* expected tokens per second with one draft vs plain decoding */
-        double gain = (1 + g->alpha) / (g->t_verify + g->t_draft) - 1 / g->t_plain;
+    /* Adaptive: draft while the expected tokens per byte read beat plain decoding. Costs are
+     * counted in weight bytes (decoding is bandwidth-bound), not seconds, so that the choice,
+     * and with it the sampled text, is the same on every run with the same seed. */
+    if (draft && g->cfg.adaptive && g->b_verify > 0 && g->b_draft > 0) {
+        double plain = g->b_plain > 0 ? g->b_plain : (double)s->m->info.decode_bytes_per_token;
+        double gain = (1 + g->alpha) / (g->b_verify + g->b_draft) - 1 / plain;
         draft = gain > 0 || g->since_probe >= 32;
-    } else if (draft && g->cfg.adaptive && g->t_plain == 0)
-        draft = 0; /* measure a plain step first */
+    }
     int rc, n = g->n;
     double t0 = now_seconds();
+    dseek_profile p0;
+    dseek_session_profile(s, &p0);
     if (!draft) {
         g->since_probe++;
         if ((rc = dseek_forward(s, &g->pending, 1, n, g->logits, 1))) return rc;
@@ -4167,6 +4199,9 @@ int dseek_gen_step(dseek_gen *g, int *out, int *n_out) {
         sampler_probs(g->sp, g->logits, g->p);
         out[(*n_out)++] = g->pending = sample_from(g->sp, g->p);
         ema(&g->t_plain, now_seconds() - t0);
+        dseek_profile pe;
+        dseek_session_profile(s, &pe);
+        ema(&g->b_plain, (double)s->m->bytes_fixed + (double)(pe.experts_run - p0.experts_run) * s->m->bytes_expert);
         g->st.main_forwards++;
         g->st.tokens++;
         return 0;
@@ -4186,6 +4221,8 @@ int dseek_gen_step(dseek_gen *g, int *out, int *n_out) {
         d[i + 1] = sample_from(g->sp, g->q + (size_t)i * V);
     }
     double t1 = now_seconds();
+    dseek_profile p1;
+    dseek_session_profile(s, &p1);
     /* verify [pending, d1..dk] at positions n..n+k */
     if ((rc = dseek_forward(s, d, k + 1, n, g->logits, 1))) return rc;
     g->hist[g->n++] = g->pending;
@@ -4217,9 +4254,17 @@ int dseek_gen_step(dseek_gen *g, int *out, int *n_out) {
     g->st.tokens += *n_out;
     double t2 = now_seconds();
     /* costs for one draft: the verify forward, and the head's share */
+    dseek_profile p2;
+    dseek_session_profile(s, &p2);
     ema(&g->t_verify, t2 - t1);
-    if (behind <= 2) ema(&g->t_draft, (t1 - t0) / k); /* a long catch-up is no draft's cost */
-    for (int i = 0; i < k; i++) g->alpha = 0.9 * g->alpha + 0.1 * (i < acc);
+    ema(&g->b_verify, (double)s->m->bytes_fixed + (double)(p2.experts_run - p1.experts_run) * s->m->bytes_expert);
+    if (behind <= 2) { /* a long catch-up is no draft's cost */
+        ema(&g->t_draft, (t1 - t0) / k);
+        /* MTP steps: the catch-up reads the head once, each chained draft once more */
+        ema(&g->b_draft, ((double)s->m->bytes_mtp_fixed * (1 + (k - 1)) +
+                          (double)(p1.mtp_experts_run - p0.mtp_experts_run) * s->m->bytes_expert) / k);
+    }
+    for (int i = 0; i < k; i++) g->alpha = 0.8 * g->alpha + 0.2 * (i < acc);
     return 0;
 }
 
@@ -4227,6 +4272,9 @@ void dseek_gen_stats_get(const dseek_gen *g, dseek_gen_stats *st) {
     *st = g->st;
     st->acceptance = g->alpha;
     st->t_plain = g->t_plain;
+    st->b_plain = g->b_plain > 0 ? g->b_plain : (double)g->s->m->info.decode_bytes_per_token;
+    st->b_verify = g->b_verify;
+    st->b_draft = g->b_draft;
     st->t_verify = g->t_verify;
     st->t_draft = g->t_draft;
 }

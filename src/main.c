@@ -412,11 +412,13 @@ static void print_stats(const dseek_gen *g, int n, double seconds, int mtp) {
             st.prompt_seconds > 0 ? st.prompt_tokens / st.prompt_seconds : 0.0, n,
             n > 1 && seconds > 0 ? (n - 1) / seconds : 0.0);
     if (mtp)
-        fprintf(stderr, "; mtp: %ld drafts, %.1f%% accepted, %.2f tokens per forward, verify/forward %.2f, "
-                        "draft/forward %.2f, without MTP %.2f tok/s (measured 1-token forwards)%s",
+        fprintf(stderr, "; mtp: %ld drafts, %.1f%% accepted, %.2f tokens per forward, verify/forward %.2f in time, "
+                        "%.2f in bytes, draft/forward %.2f in time, %.2f in bytes, without MTP %.2f tok/s "
+                        "(measured 1-token forwards)%s",
                 st.drafted, st.drafted ? 100.0 * st.accepted / st.drafted : 0.0,
                 st.main_forwards ? (double)(st.tokens - 1) / st.main_forwards : 0.0,
-                st.t_plain > 0 ? st.t_verify / st.t_plain : 0.0, st.t_plain > 0 ? st.t_draft / st.t_plain : 0.0,
+                st.t_plain > 0 ? st.t_verify / st.t_plain : 0.0, st.b_verify / st.b_plain,
+                st.t_plain > 0 ? st.t_draft / st.t_plain : 0.0, st.b_draft / st.b_plain,
                 st.t_plain > 0 ? 1.0 / st.t_plain : 0.0, st.drafted && st.main_forwards * 2 > st.drafted * 2 + 8 ? " (drafting paused: not faster here)" : "");
     fprintf(stderr, "]\n");
 }

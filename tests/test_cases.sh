@@ -3,14 +3,9 @@
 # prefill, decode and chunked logits within 1e-4 with identical argmax, greedy ids identical,
 # with 1 and 2 threads. Needs ../shared (CI always has it); skips loudly without it.
 set -u
-cd "$(dirname "$0")/.."
-PY=/usr/bin/python3
+source "$(dirname "$0")/lib.sh"
 CASES=../shared/cases
 if [ ! -d "$CASES" ]; then echo "SKIPPED: $CASES not found (reference cases unavailable)"; exit 0; fi
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "ok   $*"; }
-bad() { fail=$((fail+1)); echo "FAIL $*"; }
 ncase=0
 for dir in "$CASES"/*/; do
   [ -f "$dir/manifest.json" ] || continue
@@ -64,5 +59,4 @@ PYEOF
   done
 done
 [ $ncase -gt 0 ] || bad "no case with a manifest.json in $CASES"
-echo "test_cases: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish test_cases

@@ -3,11 +3,7 @@
 # a scripted chat whose second turn reuses the cache and gives the same greedy reply as one
 # prefill of the whole conversation, /reset, a full context, run -p, tokenize, seeds.
 set -u
-cd "$(dirname "$0")/.."
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "ok   $*"; }
-bad() { fail=$((fail+1)); echo "FAIL $*"; }
+source "$(dirname "$0")/lib.sh"
 make -s dseek tools/gen_ckpt || exit 1
 M=models/default
 [ -f $M/tokenizer.json ] && [ -f $M/model.safetensors ] || bash models/make_default.sh >/dev/null 2>&1 || { echo "cannot make $M"; exit 1; }
@@ -64,5 +60,4 @@ t=$(./dseek tokenize -m "$tmp/tok" -p "Hello world")
 ./dseek chat -m $M --bogus >/dev/null 2>"$tmp/err"; [ $? -eq 2 ] && ok "unknown flag: $(cat "$tmp/err")" || bad "unknown flag"
 ./tools/gen_ckpt --out "$tmp/notok" --preset tiny-v2 >/dev/null 2>&1
 ./dseek run -m "$tmp/notok" -p hi >/dev/null 2>"$tmp/err"; [ $? -eq 2 ] && grep -q tokenizer "$tmp/err" && ok "no tokenizer: $(cat "$tmp/err")" || bad "no tokenizer: $(cat "$tmp/err")"
-echo "test_chat: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish test_chat

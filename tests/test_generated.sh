@@ -5,12 +5,7 @@
 # YaRN past original_max_position_embeddings, the MTP head. Also checks prefill = decode =
 # chunked, shards = single file, fp8 = its dequantized F32 twin.
 set -u
-cd "$(dirname "$0")/.."
-PY=/usr/bin/python3
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "ok   $*"; }
-bad() { fail=$((fail+1)); echo "FAIL $*"; }
+source "$(dirname "$0")/lib.sh"
 cmp() { # cmp A.npy B.npy TOL LABEL
   if r=$($PY tools/npcmp.py "$1" "$2" --tol "$3" --label "$4" 2>&1); then ok "$r"; else bad "$r"; fi
 }
@@ -85,5 +80,4 @@ gen "$tmp/sig" --preset tiny-v3 --dtype f32 --q-lora 0 --norm-topk 0 --scaling 2
 gen "$tmp/top1" --preset tiny-v2 --dtype bf16 --scoring sigmoid --topk 1 --norm-topk 1 --seed 5 && \
     check sigmoid_top1 "$tmp/top1" "$(tokens 20 1000 5)"
 
-echo "test_generated: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish test_generated

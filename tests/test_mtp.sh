@@ -4,12 +4,7 @@
 # steps, and up to the last position of the context; speculative sampling keeps the
 # model's distribution (tests/test_spec.c).
 set -u
-cd "$(dirname "$0")/.."
-PY=/usr/bin/python3
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "ok   $*"; }
-bad() { fail=$((fail+1)); echo "FAIL $*"; }
+source "$(dirname "$0")/lib.sh"
 make -s dseek tools/gen_ckpt || exit 1
 
 # models: the shared V3 case, a random fp8 one, and an F32 one whose head predicts well
@@ -51,5 +46,4 @@ ${DSEEK_CC:-cc} -O2 -std=c11 -Wall -Wextra -Iinclude -fopenmp $(pkg-config --cfl
 if [ -x "$tmp/test_spec" ]; then
   if OMP_NUM_THREADS=1 "$tmp/test_spec" "$tmp/noisy" ${DSEEK_SPEC_N:-1500}; then ok "speculative sampling distribution"; else bad "speculative sampling distribution"; fi
 fi
-echo "test_mtp: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish test_mtp
