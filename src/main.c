@@ -753,7 +753,8 @@ static int cmd_bench(int argc, char **argv) {
     if (!explicit_n) N = 128;
     dseek_model *m = open_model(a.model, a.threads);
     const dseek_info *info = dseek_model_info(m);
-    dseek_session *s = open_session(m, a.ctx ? a.ctx : (P > N + 2 ? P : N + 2) + 16, P > 512 ? 512 : P > 0 ? P : 1);
+    int need = P > N + 2 ? P : N + 2;
+    dseek_session *s = open_session(m, a.ctx ? a.ctx : (need > 32 ? need : 32) + 16, P > 512 ? 512 : P > 24 ? P : 24);
     int *tok = malloc((size_t)(P > 0 ? P : 1) * sizeof(int));
     uint64_t r = 42;
     for (int i = 0; i < P; i++) {
