@@ -16,7 +16,7 @@ else
 ARCH    := -march=native
 endif
 ifeq ($(NO_OMP),1)
-OMP     :=
+OMP     := -Wno-unknown-pragmas
 else
 OMP     := -fopenmp
 endif
