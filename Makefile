@@ -5,6 +5,7 @@
 #   make demo         install deps, build, make models/default, run a completion and a chat
 #   make test         every test (tests/run_all.sh)
 #   make asan-test    every test under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz         every libFuzzer target in tests/fuzz for FUZZ_SECONDS each (clang)
 CC      ?= cc
 PKGS    := openblas libcjson libpcre2-8
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -50,8 +51,25 @@ asan-test:
 	ASAN_OPTIONS=detect_leaks=1 bash tests/run_all.sh
 	$(MAKE) clean
 
+# libFuzzer targets (tests/fuzz/fuzz_*.c, public API + src/dseek.c), with ASan and UBSan.
+# Built without OpenMP: one thread, deterministic. Fails if any target crashes.
+FUZZ_SECONDS ?= 30
+FUZZ_CC      ?= clang
+FUZZ_TARGETS := safetensors config tokenizer tokenizer_json chat
+FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=undefined -std=c11 -Wall -Wextra -Wno-unknown-pragmas -Iinclude $(PKG_CFLAGS)
+
+build/fuzz/%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h src/dseek.c include/dseek.h
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< src/dseek.c $(LDLIBS)
+
+fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/%)
+
+fuzz: fuzz-build
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
 clean:
 	rm -f dseek tools/gen_ckpt
 	rm -rf build
 
-.PHONY: all test demo asan-test clean
+.PHONY: all test demo asan-test fuzz fuzz-build clean
