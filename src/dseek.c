@@ -3517,8 +3517,9 @@ static int tk_word(tk_enc *e, const char *s, size_t n) {
             !memcmp(e->ckeys.p + x->key_off, s, n)) {
             if (tk_grow(&e->ids, &e->cap_ids, e->n_ids + x->ids_n,
                         sizeof *e->ids)) return -1;
-            memcpy(e->ids + e->n_ids, e->cids + x->ids_off,
-                   x->ids_n * sizeof *e->ids);
+            if (x->ids_n)           /* a word of dropped chars has no ids */
+                memcpy(e->ids + e->n_ids, e->cids + x->ids_off,
+                       x->ids_n * sizeof *e->ids);
             e->n_ids += x->ids_n;
             return 0;
         }
@@ -3532,7 +3533,7 @@ static int tk_word(tk_enc *e, const char *s, size_t n) {
     tk_centry x = {h, (uint32_t)e->ckeys.n, (uint32_t)n, (uint32_t)e->n_cids,
                    (uint32_t)cnt};
     if (tk_buf_put(&e->ckeys, s, n)) return -1;
-    memcpy(e->cids + e->n_cids, e->ids + first, cnt * sizeof *e->ids);
+    if (cnt) memcpy(e->cids + e->n_cids, e->ids + first, cnt * sizeof *e->ids);
     e->n_cids += cnt;
     e->cache[i] = x;
     e->cache_n++;
