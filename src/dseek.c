@@ -43,12 +43,20 @@
  * 1. Utilities
  * ========================================================================== */
 
+/* Error messages are one line: control characters that names from a file (tensor names,
+ * JSON keys and values) or a path may hold are shown as '?'. */
+static void oneline(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
 static void seterr(char *err, size_t errlen, const char *fmt, ...) {
     if (!err || !errlen) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    oneline(err);
 }
 
 #define DS_ASSERT(c)                                                                       \
@@ -1817,6 +1825,7 @@ static int tk_fail(char *err, size_t errlen, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(err, errlen, fmt, ap);
         va_end(ap);
+        oneline(err);
     }
     return -1;
 }

@@ -5,17 +5,36 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-static void die(const char *fmt, const char *a) {
-    fprintf(stderr, "dseek: ");
-    fprintf(stderr, fmt, a);
-    fputc('\n', stderr);
+/* Prints prefix and the formatted message as one line on stderr (control characters, which
+ * arguments and file names may hold, are shown as '?') and exits with status 2. */
+static _Noreturn void vfail(const char *prefix, const char *fmt, va_list ap) {
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+    fprintf(stderr, "%s%s\n", prefix, msg);
     exit(2);
+}
+
+static _Noreturn void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfail("dseek: ", fmt, ap);
+    va_end(ap);
+}
+
+static _Noreturn void die_cmd(const char *fmt, ...) { /* a message that names its own command */
+    va_list ap;
+    va_start(ap, fmt);
+    vfail("", fmt, ap);
+    va_end(ap);
 }
 
 static double now_s(void) {
@@ -59,10 +78,8 @@ static long parse_long(const char *flag, const char *v, long lo, long hi) {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
-    if (errno || *end || end == v || x < lo || x > hi) {
-        fprintf(stderr, "dseek: %s: expected an integer in [%ld, %ld], got \"%s\"\n", flag, lo, hi, v);
-        exit(2);
-    }
+    if (errno || *end || end == v || x < lo || x > hi)
+        die("%s: expected an integer in [%ld, %ld], got \"%s\"", flag, lo, hi, v);
     return x;
 }
 
@@ -70,10 +87,8 @@ static float parse_float(const char *flag, const char *v, float lo, float hi) {
     if (!v) die("%s: missing value", flag);
     char *end;
     float x = strtof(v, &end);
-    if (*end || end == v || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "dseek: %s: expected a number in [%g, %g], got \"%s\"\n", flag, lo, hi, v);
-        exit(2);
-    }
+    if (*end || end == v || !(x >= lo && x <= hi))
+        die("%s: expected a number in [%g, %g], got \"%s\"", flag, (double)lo, (double)hi, v);
     return x;
 }
 
@@ -157,10 +172,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--no-adaptive")) a->no_adapt = 1;
         else if (!strcmp(f, "--draft")) { a->n_draft = (int)parse_long(f, v, 1, 8); i++; }
         else if (!strcmp(f, "--check-tensors") && strcmp(cmd, "tokenize")) a->check_tensors = 1;
-        else {
-            fprintf(stderr, "dseek %s: unknown option \"%s\" (see dseek %s --help)\n", cmd, f, cmd);
-            exit(2);
-        }
+        else die_cmd("dseek %s: unknown option \"%s\" (see dseek %s --help)", cmd, f, cmd);
 #undef VAL
     }
     if (!a->model) die("%s: -m DIR is required", cmd);
@@ -735,6 +747,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc, argv);
     if (!strcmp(argv[1], "chat")) return cmd_chat(argc, argv);
     if (!strcmp(argv[1], "tokenize")) return cmd_tokenize(argc, argv);
-    fprintf(stderr, "dseek: unknown command \"%s\" (see dseek --help)\n", argv[1]);
+    die("unknown command \"%s\" (see dseek --help)", argv[1]);
     return 2;
 }

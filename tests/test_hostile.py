@@ -170,6 +170,8 @@ tok_case("unknown decoder", ["tokenizer.json", "decoder.type"], tj_with(lambda j
 tok_case("tokenizer.json not JSON", ["tokenizer.json", "invalid JSON"], raw_tj=real_tj[:1000])
 tok_case("tokenizer.json empty", ["tokenizer.json"], raw_tj=b"")
 tok_case("tokenizer.json an array", ["tokenizer.json", "not a JSON object"], raw_tj=b"[1,2]")
+tok_case("a vocab key with a newline: still one line", ["tokenizer.json", "model.vocab[\"a?b\"]"],
+         raw_tj=b'{"model": {"vocab": {"a\\nb": []}}}')
 tok_case("add_bos_token a string", ["tokenizer_config.json", "add_bos_token", "boolean"],
          tc=tc_with(lambda j: j.__setitem__("add_bos_token", "yes")))
 tok_case("bos_token a number", ["tokenizer_config.json", "bos_token"], tc=tc_with(lambda j: j.__setitem__("bos_token", 5)))
@@ -241,6 +243,17 @@ for label, fn, field in [
         ("weight_block_size of strings", setter("quantization_config", "weight_block_size", ["128", "128"]),
          "quantization_config.weight_block_size")]:
     cfg_case(label, fn, field)
+d = variant(fp, "cfg_newline")
+c = json.load(open(os.path.join(d, "config.json"))); c["scoring_func"] = "soft\nmax\r\x1b[31m"
+json.dump(c, open(os.path.join(d, "config.json"), "w"))
+check("a value with control characters: still one line", logits(d), "config.json", "scoring_func", "soft?max")
+d = variant(fp, "st_newline")
+with open(os.path.join(d, ST), "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); data = f.read()
+h["model.norm.weight\nfake line"] = h.pop("model.norm.weight")
+hb = json.dumps(h).encode(); hb += b" " * ((8 - len(hb) % 8) % 8)
+open(os.path.join(d, ST), "wb").write(struct.pack("<Q", len(hb)) + hb + data)
+check("a tensor name with a newline: still one line", logits(d), "model.norm.weight", "missing")
 d = variant(fp, "cfg_array"); open(os.path.join(d, "config.json"), "w").write("[]")
 check("config.json an array", logits(d), "config.json", "not a JSON object")
 d = variant(fp, "cfg_empty"); open(os.path.join(d, "config.json"), "w").write("")
@@ -281,6 +294,7 @@ binf = os.path.join(tmp, "bin.txt"); open(binf, "wb").write(bytes(range(256)) * 
 for label, args, needles in [
         ("unknown command", ["frobnicate"], ["unknown command"]),
         ("unknown flag", ["run", "-m", M, "-p", "hi", "--bogus"], ["unknown option", "--bogus"]),
+        ("unknown flag with a newline", ["run", "-m", M, "-p", "hi", "--bo\ngus"], ["unknown option", "--bo?gus"]),
         ("unknown flag for tokenize", ["tokenize", "-m", M, "--check-tensors", "-p", "x"], ["unknown option"]),
         ("-m without a value", ["run", "-m"], ["-m", "missing value"]),
         ("-n without a value", ["run", "-m", M, "-p", "hi", "-n"], ["-n", "missing value"]),
