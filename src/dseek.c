@@ -3058,6 +3058,12 @@ static int tk_load_json(dseek_tokenizer *tok, tk_ctx *c, const cJSON *root) {
         if (tok->added[i].id > max_id) max_id = tok->added[i].id;
     if (max_id < 0)
         return tk_fail(c->err, c->errlen, "%s: model.vocab: empty", c->file);
+    /* tables are indexed by id: a few bytes of file must not cost gigabytes */
+    size_t entries = (size_t)cJSON_GetArraySize(vocab) + tok->n_added;
+    if ((size_t)max_id >= 2 * entries + 1024)
+        return tk_fail(c->err, c->errlen,
+                       "%s: model.vocab: ids up to %d for only %zu tokens (ids this "
+                       "sparse are not supported)", c->file, max_id, entries);
     tok->n_vocab = (size_t)max_id + 1;
     if (tk_strtab_init(&tok->vocab, tok->n_vocab))
         return tk_fail(c->err, c->errlen, "%s: out of memory", c->file);

@@ -170,6 +170,8 @@ tok_case("unknown decoder", ["tokenizer.json", "decoder.type"], tj_with(lambda j
 tok_case("tokenizer.json not JSON", ["tokenizer.json", "invalid JSON"], raw_tj=real_tj[:1000])
 tok_case("tokenizer.json empty", ["tokenizer.json"], raw_tj=b"")
 tok_case("tokenizer.json an array", ["tokenizer.json", "not a JSON object"], raw_tj=b"[1,2]")
+tok_case("sparse ids (45 bytes asking for gigabytes)", ["tokenizer.json", "model.vocab", "sparse"],
+         raw_tj=b'{"model":{"vocab":{"a":67108863},"merges":[]}}')
 tok_case("a vocab key with a newline: still one line", ["tokenizer.json", "model.vocab[\"a?b\"]"],
          raw_tj=b'{"model": {"vocab": {"a\\nb": []}}}')
 tok_case("add_bos_token a string", ["tokenizer_config.json", "add_bos_token", "boolean"],
