@@ -2951,6 +2951,7 @@ static int tk_normalize(const dseek_tokenizer *tok, const char *s, size_t n,
     for (size_t k = 0; k < tok->n_norm; k++) {
         const tk_norm *st = &tok->norm[k];
         cur.n = 0;
+        if (tk_buf_put(&cur, "", 0)) goto oom;  /* allocated even if nothing is added */
         if (st->kind == TK_NORM_PREPEND) {
             if (out->n == 0) continue;
             if (tk_buf_put(&cur, st->str, st->len) ||
