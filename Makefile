@@ -44,11 +44,15 @@ demo:
 	./dseek run -m models/default -p "The three laws of robotics are" -n 32
 	printf 'Hello! Who are you?\n' | ./dseek chat -m models/default -n 32
 
+# Every test under ASan + UBSan (+ LeakSanitizer), including the tokenizer and speculative
+# sampling test programs the suites build themselves. allocator_may_return_null: a refused
+# huge allocation must reach the engine's own "out of memory" error, as it does without ASan.
+SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 asan-test:
 	$(MAKE) clean
-	$(MAKE) all OPT="-O1 -g -fno-omit-frame-pointer" CFLAGS_EXTRA= \
-		CC="$(CC) -fsanitize=address,undefined -fno-sanitize-recover=undefined"
-	ASAN_OPTIONS=detect_leaks=1 bash tests/run_all.sh
+	$(MAKE) all OPT="-O1 -g -fno-omit-frame-pointer" CFLAGS_EXTRA= CC="$(CC) $(SAN)"
+	ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		SANITIZE=1 DSEEK_CC="$(CC) $(SAN) -g" bash tests/run_all.sh
 	$(MAKE) clean
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c, public API + src/dseek.c), with ASan and UBSan.
