@@ -587,14 +587,18 @@ static int st_load(const char *path, const char *fname, int fidx, MappedFile *mf
             rc = r;
         }
     }
-    if (!rc) { /* no two tensors may share bytes */
+    if (!rc) { /* no two tensors may share bytes: each starts at or after the furthest end so far */
         qsort(spans, (size_t)ns, sizeof *spans, span_cmp);
-        for (int i = 1; i < ns; i++)
-            if (spans[i].b < spans[i - 1].e && spans[i].e > spans[i].b && spans[i - 1].e > spans[i - 1].b) {
-                seterr(err, errlen, "%s: %s: data_offsets overlap those of %s", path, spans[i].name, spans[i - 1].name);
+        const Span *far = NULL;   /* the non-empty span reaching furthest */
+        for (int i = 0; i < ns; i++) {
+            if (spans[i].e == spans[i].b) continue; /* empty tensors own no bytes */
+            if (far && spans[i].b < far->e) {
+                seterr(err, errlen, "%s: %s: data_offsets overlap those of %s", path, spans[i].name, far->name);
                 rc = DSEEK_EFORMAT;
                 break;
             }
+            if (!far || spans[i].e > far->e) far = &spans[i];
+        }
     }
     free(spans);
     cJSON_Delete(h);

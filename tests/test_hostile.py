@@ -256,6 +256,16 @@ h["model.norm.weight\nfake line"] = h.pop("model.norm.weight")
 hb = json.dumps(h).encode(); hb += b" " * ((8 - len(hb) % 8) % 8)
 open(os.path.join(d, ST), "wb").write(struct.pack("<Q", len(hb)) + hb + data)
 check("a tensor name with a newline: still one line", logits(d), "model.norm.weight", "missing")
+d = variant(fp, "st_overlap_past_empty")   # an empty tensor between two that overlap
+with open(os.path.join(d, ST), "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]; h = json.loads(f.read(n)); data = f.read()
+a0 = h["lm_head.weight"]["data_offsets"][0]
+nb = h["model.norm.weight"]["data_offsets"][1] - h["model.norm.weight"]["data_offsets"][0]
+h["model.norm.weight"]["data_offsets"] = [a0 + 64, a0 + 64 + nb]
+h["zz.empty"] = {"dtype": "F32", "shape": [0], "data_offsets": [a0 + 8, a0 + 8]}
+hb = json.dumps(h).encode(); hb += b" " * ((8 - len(hb) % 8) % 8)
+open(os.path.join(d, ST), "wb").write(struct.pack("<Q", len(hb)) + hb + data)
+check("overlap hidden behind an empty tensor", logits(d), ST, "model.norm.weight", "overlap", "lm_head.weight")
 d = variant(fp, "cfg_array"); open(os.path.join(d, "config.json"), "w").write("[]")
 check("config.json an array", logits(d), "config.json", "not a JSON object")
 d = variant(fp, "cfg_empty"); open(os.path.join(d, "config.json"), "w").write("")
