@@ -316,6 +316,10 @@ static int config_parse(const char *dir, Config *c, char *err, size_t errlen) {
             if (!rc) rc = cfg_int(rs, "original_max_position_embeddings", &orig, 4096, 1, 1 << 30, 0, e2, sizeof e2);
             c->yarn_original_max_pos = orig;
             if (rc) seterr(err, errlen, "config.json: rope_scaling.%s", e2 + strlen("config.json: "));
+            else if (c->rope_theta <= 1.0) { /* yarn divides by ln(rope_theta) */
+                seterr(err, errlen, "config.json: rope_theta: must be greater than 1 with yarn rope_scaling");
+                rc = DSEEK_EFORMAT;
+            }
         }
     }
 

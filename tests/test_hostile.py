@@ -266,6 +266,11 @@ h["zz.empty"] = {"dtype": "F32", "shape": [0], "data_offsets": [a0 + 8, a0 + 8]}
 hb = json.dumps(h).encode(); hb += b" " * ((8 - len(hb) % 8) % 8)
 open(os.path.join(d, ST), "wb").write(struct.pack("<Q", len(hb)) + hb + data)
 check("overlap hidden behind an empty tensor", logits(d), ST, "model.norm.weight", "overlap", "lm_head.weight")
+d = variant(fp, "cfg_yarn_theta1")
+c = json.load(open(os.path.join(d, "config.json"))); c["rope_theta"] = 1
+c["rope_scaling"]["original_max_position_embeddings"] = 4096   # ln(theta) = 0 would make RoPE NaN
+json.dump(c, open(os.path.join(d, "config.json"), "w"))
+check("yarn with rope_theta 1", logits(d), "config.json", "rope_theta")
 d = variant(fp, "cfg_array"); open(os.path.join(d, "config.json"), "w").write("[]")
 check("config.json an array", logits(d), "config.json", "not a JSON object")
 d = variant(fp, "cfg_empty"); open(os.path.join(d, "config.json"), "w").write("")
