@@ -5,6 +5,7 @@
 #   make demo         install deps, build, make models/default, run a completion and a chat
 #   make test         every test (tests/run_all.sh)
 #   make asan-test    every test under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make fuzz         every libFuzzer target in tests/fuzz for FUZZ_SECONDS each (clang)
 CC      ?= cc
 PKGS    := openblas libcjson libpcre2-8
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -43,15 +44,36 @@ demo:
 	./dseek run -m models/default -p "The three laws of robotics are" -n 32
 	printf 'Hello! Who are you?\n' | ./dseek chat -m models/default -n 32
 
+# Every test under ASan + UBSan (+ LeakSanitizer), including the tokenizer and speculative
+# sampling test programs the suites build themselves. allocator_may_return_null: a refused
+# huge allocation must reach the engine's own "out of memory" error, as it does without ASan.
+SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 asan-test:
 	$(MAKE) clean
-	$(MAKE) all OPT="-O1 -g -fno-omit-frame-pointer" CFLAGS_EXTRA= \
-		CC="$(CC) -fsanitize=address,undefined -fno-sanitize-recover=undefined"
-	ASAN_OPTIONS=detect_leaks=1 bash tests/run_all.sh
+	$(MAKE) all OPT="-O1 -g -fno-omit-frame-pointer" CFLAGS_EXTRA= CC="$(CC) $(SAN)"
+	ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		SANITIZE=1 DSEEK_CC="$(CC) $(SAN) -g" bash tests/run_all.sh
 	$(MAKE) clean
+
+# libFuzzer targets (tests/fuzz/fuzz_*.c, public API + src/dseek.c), with ASan and UBSan.
+# Built without OpenMP: one thread, deterministic. Fails if any target crashes.
+FUZZ_SECONDS ?= 30
+FUZZ_CC      ?= clang
+FUZZ_TARGETS := safetensors config tokenizer tokenizer_json chat
+FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=undefined -std=c11 -Wall -Wextra -Wno-unknown-pragmas -Iinclude $(PKG_CFLAGS)
+
+build/fuzz/%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_util.h src/dseek.c include/dseek.h
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< src/dseek.c $(LDLIBS)
+
+fuzz-build: $(FUZZ_TARGETS:%=build/fuzz/%)
+
+fuzz: fuzz-build
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -f dseek tools/gen_ckpt
 	rm -rf build
 
-.PHONY: all test demo asan-test clean
+.PHONY: all test demo asan-test fuzz fuzz-build clean

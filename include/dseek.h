@@ -56,6 +56,12 @@ void dseek_model_free(dseek_model *m);
 const dseek_info *dseek_model_info(const dseek_model *m);
 /* 1 if decoder layer li (MTP layers follow the main ones) is a MoE layer. */
 int dseek_layer_is_moe(const dseek_model *m, int li);
+/* Reads every weight of the checkpoint (every tensor of its safetensors files) looking for
+ * NaN and Inf: 0 if there is none, else DSEEK_EFORMAT and a message naming the file, the
+ * tensor and the element. Opt-in (it reads all the weights once); the small tensors copied
+ * to float32 at open (norms, router, bias) are always checked, and a forward pass whose
+ * logits hold NaN or Inf fails with DSEEK_EFORMAT. */
+int dseek_model_check_tensors(const dseek_model *m, char *err, size_t errlen);
 
 /* ---- session ---- */
 

@@ -43,12 +43,20 @@
  * 1. Utilities
  * ========================================================================== */
 
+/* Error messages are one line: control characters that names from a file (tensor names,
+ * JSON keys and values) or a path may hold are shown as '?'. */
+static void oneline(char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) *s = '?';
+}
+
 static void seterr(char *err, size_t errlen, const char *fmt, ...) {
     if (!err || !errlen) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
+    oneline(err);
 }
 
 #define DS_ASSERT(c)                                                                       \
@@ -308,6 +316,10 @@ static int config_parse(const char *dir, Config *c, char *err, size_t errlen) {
             if (!rc) rc = cfg_int(rs, "original_max_position_embeddings", &orig, 4096, 1, 1 << 30, 0, e2, sizeof e2);
             c->yarn_original_max_pos = orig;
             if (rc) seterr(err, errlen, "config.json: rope_scaling.%s", e2 + strlen("config.json: "));
+            else if (c->rope_theta <= 1.0) { /* yarn divides by ln(rope_theta) */
+                seterr(err, errlen, "config.json: rope_theta: must be greater than 1 with yarn rope_scaling");
+                rc = DSEEK_EFORMAT;
+            }
         }
     }
 
@@ -318,7 +330,10 @@ static int config_parse(const char *dir, Config *c, char *err, size_t errlen) {
         const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
         const cJSON *bs = cJSON_GetObjectItemCaseSensitive(qc, "weight_block_size");
         const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(qc, "fmt");
-        if (!cJSON_IsString(qm) || strcmp(qm->valuestring, "fp8")) {
+        if (!cJSON_IsObject(qc)) {
+            seterr(err, errlen, "config.json: quantization_config: expected null or an object");
+            rc = DSEEK_EFORMAT;
+        } else if (!cJSON_IsString(qm) || strcmp(qm->valuestring, "fp8")) {
             seterr(err, errlen, "config.json: quantization_config.quant_method: only \"fp8\" is supported");
             rc = DSEEK_EUNSUP;
         } else if (fmt && !(cJSON_IsString(fmt) && !strcmp(fmt->valuestring, "e4m3"))) {
@@ -576,14 +591,18 @@ static int st_load(const char *path, const char *fname, int fidx, MappedFile *mf
             rc = r;
         }
     }
-    if (!rc) { /* no two tensors may share bytes */
+    if (!rc) { /* no two tensors may share bytes: each starts at or after the furthest end so far */
         qsort(spans, (size_t)ns, sizeof *spans, span_cmp);
-        for (int i = 1; i < ns; i++)
-            if (spans[i].b < spans[i - 1].e && spans[i].e > spans[i].b && spans[i - 1].e > spans[i - 1].b) {
-                seterr(err, errlen, "%s: %s: data_offsets overlap those of %s", path, spans[i].name, spans[i - 1].name);
+        const Span *far = NULL;   /* the non-empty span reaching furthest */
+        for (int i = 0; i < ns; i++) {
+            if (spans[i].e == spans[i].b) continue; /* empty tensors own no bytes */
+            if (far && spans[i].b < far->e) {
+                seterr(err, errlen, "%s: %s: data_offsets overlap those of %s", path, spans[i].name, far->name);
                 rc = DSEEK_EFORMAT;
                 break;
             }
+            if (!far || spans[i].e > far->e) far = &spans[i];
+        }
     }
     free(spans);
     cJSON_Delete(h);
@@ -766,6 +785,24 @@ static void tensor_row(const Tensor *t, size_t r, float *out) {
     }
 }
 
+/* Index of the first NaN or Inf in v[0..n), or -1. */
+static long first_nonfinite(const float *v, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i])) return (long)i;
+    return -1;
+}
+
+/* Refuses a float32 copy made at load that holds NaN or Inf (always on: these tensors
+ * are small and already converted, so the check is free). */
+static int check_copy(const dseek_model *m, const TensorEntry *e, const char *name, const float *v, size_t n,
+                      char *err, size_t errlen) {
+    long bad = first_nonfinite(v, n);
+    if (bad < 0) return 0;
+    seterr(err, errlen, "%s: %s: element %ld is %s (the weights must be finite)", m->files[e->file].path, name, bad,
+           isnan(v[bad]) ? "NaN" : "Inf");
+    return DSEEK_EFORMAT;
+}
+
 /* Binds a 1-D vector (norm weight, bias) as an owned float32 copy. */
 static int bind_vector(dseek_model *m, float **out, const char *name, size_t n, char *err, size_t errlen) {
     TensorEntry *e;
@@ -782,6 +819,7 @@ static int bind_vector(dseek_model *m, float **out, const char *name, size_t n, 
         tensor_row(&t, 0, p);
         free(tmp);
     } else tensor_row(&t, 0, p);
+    if ((rc = check_copy(m, e, name, p, n, err, errlen))) return rc;
     m->info.n_params += n;
     m->info.weight_bytes += e->nbytes;
     *out = p;
@@ -796,6 +834,7 @@ static int bind_router(dseek_model *m, float **out, const char *name, size_t row
     float *p = model_own(m, rows * cols * sizeof(float));
     if (!p) return DSEEK_ENOMEM;
     for (size_t r = 0; r < rows; r++) tensor_row(&t, r, p + r * cols);
+    if ((rc = check_copy(m, table_get(&m->tt, name), name, p, rows * cols, err, errlen))) return rc;
     *out = p;
     return 0;
 }
@@ -988,6 +1027,11 @@ static int load_files(dseek_model *m, const char *dir, char *err, size_t errlen)
     free(text);
     const cJSON *wm = cJSON_GetObjectItemCaseSensitive(idx, "weight_map");
     int rc = 0;
+    if (!cJSON_IsObject(idx)) {
+        seterr(err, errlen, "%s: not a JSON object", path);
+        rc = DSEEK_EFORMAT;
+        goto done;
+    }
     if (!cJSON_IsObject(wm)) {
         seterr(err, errlen, "%s: weight_map: missing or not an object", path);
         rc = DSEEK_EFORMAT;
@@ -1082,6 +1126,50 @@ const dseek_info *dseek_model_info(const dseek_model *m) { return &m->info; }
 
 int dseek_layer_is_moe(const dseek_model *m, int li) {
     return li >= 0 && li < m->c.num_hidden_layers + m->info.n_mtp && m->layers[li].is_moe;
+}
+
+/* First NaN or Inf element of a stored tensor (any alignment), or -1; *nan tells which.
+ * Works on the bit patterns: an all-ones exponent is Inf (zero mantissa) or NaN;
+ * F8_E4M3 has no Inf and S.1111.111 is NaN. */
+static long long stored_nonfinite(const uint8_t *p, size_t nbytes, int dtype, int *nan) {
+    if (dtype == DT_F32)
+        for (size_t i = 0; i + 4 <= nbytes; i += 4) {
+            uint32_t u;
+            memcpy(&u, p + i, 4);
+            if ((u & 0x7f800000u) == 0x7f800000u) { *nan = (u & 0x7fffffu) != 0; return (long long)(i / 4); }
+        }
+    else if (dtype == DT_BF16 || dtype == DT_F16) {
+        const uint16_t ex = dtype == DT_BF16 ? 0x7f80 : 0x7c00, man = dtype == DT_BF16 ? 0x7f : 0x3ff;
+        for (size_t i = 0; i + 2 <= nbytes; i += 2) {
+            uint16_t h;
+            memcpy(&h, p + i, 2);
+            if ((h & ex) == ex) { *nan = (h & man) != 0; return (long long)(i / 2); }
+        }
+    } else if (dtype == DT_F8)
+        for (size_t i = 0; i < nbytes; i++)
+            if ((p[i] & 0x7f) == 0x7f) { *nan = 1; return (long long)i; }
+    return -1;
+}
+
+int dseek_model_check_tensors(const dseek_model *m, char *err, size_t errlen) {
+    const TensorTable *t = &m->tt;
+    long bad_k = -1;          /* the first offending entry in table order */
+    long long bad_i = 0;
+    int bad_nan = 0;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (long k = 0; k < (long)t->n; k++) {
+        int nan = 0;
+        long long i = stored_nonfinite(t->v[k].data, t->v[k].nbytes, t->v[k].dtype, &nan);
+        if (i >= 0) {
+#pragma omp critical
+            if (bad_k < 0 || k < bad_k) { bad_k = k; bad_i = i; bad_nan = nan; }
+        }
+    }
+    if (bad_k < 0) return 0;
+    const TensorEntry *e = &t->v[bad_k];
+    seterr(err, errlen, "%s: %s: element %lld is %s (the weights must be finite)", m->files[e->file].path, e->name,
+           bad_i, bad_nan ? "NaN" : "Inf");
+    return DSEEK_EFORMAT;
 }
 
 /* ============================================================================
@@ -1553,6 +1641,23 @@ static int check_tokens(dseek_session *s, const int *tokens, int n, int pos) {
     return 0;
 }
 
+/* Refuses logits rows that hold NaN or Inf: weights holding them (or overflowing float32)
+ * must give an error, never a silent answer. rows[r] is the logits of position pos0 + r. */
+static int check_logits(dseek_session *s, const float *lg, int rows, int pos0, const char *what) {
+    const size_t V = (size_t)s->m->c.vocab_size;
+    for (int r = 0; r < rows; r++) {
+        long bad = first_nonfinite(lg + (size_t)r * V, V);
+        if (bad >= 0) {
+            snprintf(s->err, sizeof s->err,
+                     "%s: non-finite logits (%s for token %ld at position %d): the weights hold NaN or Inf, or "
+                     "overflow float32 (--check-tensors names the tensor)", what,
+                     isnan(lg[(size_t)r * V + (size_t)bad]) ? "NaN" : "Inf", bad, pos0 + r);
+            return DSEEK_EFORMAT;
+        }
+    }
+    return 0;
+}
+
 int dseek_forward(dseek_session *s, const int *tokens, int n, int pos, float *logits, int all_rows) {
     int rc = check_tokens(s, tokens, n, pos);
     if (rc) return rc;
@@ -1563,6 +1668,8 @@ int dseek_forward(dseek_session *s, const int *tokens, int n, int pos, float *lo
         int last = i + T == n;
         float *lg = !logits ? NULL : all_rows ? logits + (size_t)i * V : last ? logits : NULL;
         forward_step(s, tokens + i, T, pos + i, lg, all_rows);
+        if (lg && (rc = check_logits(s, lg, all_rows ? T : 1, all_rows ? pos + i : pos + n - 1, "forward")))
+            return rc;
     }
     return 0;
 }
@@ -1584,6 +1691,8 @@ int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, 
         int T = n - i < s->n_batch ? n - i : s->n_batch;
         float *lg = !logits ? NULL : all_rows ? logits + (size_t)i * V : i + T == n ? logits : NULL;
         mtp_step(s, next_tokens + i, T, pos + i, s->hid + (size_t)(pos + i) * D, lg, all_rows);
+        if (lg && (rc = check_logits(s, lg, all_rows ? T : 1, all_rows ? pos + i : pos + n - 1, "MTP head")))
+            return rc;
     }
     return 0;
 }
@@ -1793,6 +1902,7 @@ static int tk_fail(char *err, size_t errlen, const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(err, errlen, fmt, ap);
         va_end(ap);
+        oneline(err);
     }
     return -1;
 }
@@ -2901,6 +3011,7 @@ static int tk_normalize(const dseek_tokenizer *tok, const char *s, size_t n,
     for (size_t k = 0; k < tok->n_norm; k++) {
         const tk_norm *st = &tok->norm[k];
         cur.n = 0;
+        if (tk_buf_put(&cur, "", 0)) goto oom;  /* allocated even if nothing is added */
         if (st->kind == TK_NORM_PREPEND) {
             if (out->n == 0) continue;
             if (tk_buf_put(&cur, st->str, st->len) ||
@@ -3008,6 +3119,12 @@ static int tk_load_json(dseek_tokenizer *tok, tk_ctx *c, const cJSON *root) {
         if (tok->added[i].id > max_id) max_id = tok->added[i].id;
     if (max_id < 0)
         return tk_fail(c->err, c->errlen, "%s: model.vocab: empty", c->file);
+    /* tables are indexed by id: a few bytes of file must not cost gigabytes */
+    size_t entries = (size_t)cJSON_GetArraySize(vocab) + tok->n_added;
+    if ((size_t)max_id >= 2 * entries + 1024)
+        return tk_fail(c->err, c->errlen,
+                       "%s: model.vocab: ids up to %d for only %zu tokens (ids this "
+                       "sparse are not supported)", c->file, max_id, entries);
     tok->n_vocab = (size_t)max_id + 1;
     if (tk_strtab_init(&tok->vocab, tok->n_vocab))
         return tk_fail(c->err, c->errlen, "%s: out of memory", c->file);
@@ -3476,8 +3593,9 @@ static int tk_word(tk_enc *e, const char *s, size_t n) {
             !memcmp(e->ckeys.p + x->key_off, s, n)) {
             if (tk_grow(&e->ids, &e->cap_ids, e->n_ids + x->ids_n,
                         sizeof *e->ids)) return -1;
-            memcpy(e->ids + e->n_ids, e->cids + x->ids_off,
-                   x->ids_n * sizeof *e->ids);
+            if (x->ids_n)           /* a word of dropped chars has no ids */
+                memcpy(e->ids + e->n_ids, e->cids + x->ids_off,
+                       x->ids_n * sizeof *e->ids);
             e->n_ids += x->ids_n;
             return 0;
         }
@@ -3491,7 +3609,7 @@ static int tk_word(tk_enc *e, const char *s, size_t n) {
     tk_centry x = {h, (uint32_t)e->ckeys.n, (uint32_t)n, (uint32_t)e->n_cids,
                    (uint32_t)cnt};
     if (tk_buf_put(&e->ckeys, s, n)) return -1;
-    memcpy(e->cids + e->n_cids, e->ids + first, cnt * sizeof *e->ids);
+    if (cnt) memcpy(e->cids + e->n_cids, e->ids + first, cnt * sizeof *e->ids);
     e->n_cids += cnt;
     e->cache[i] = x;
     e->cache_n++;
@@ -4215,6 +4333,7 @@ int dseek_gen_step(dseek_gen *g, int *out, int *n_out) {
     for (int i = 0; i < k; i++) {
         if (i > 0) {
             mtp_step(s, &d[i], 1, n + i - 1, s->hchain, g->qlog + (size_t)i * V, 0);
+            if ((rc = check_logits(s, g->qlog + (size_t)i * V, 1, n + i, "MTP head"))) return rc;
             memcpy(s->hchain, s->xn, D * sizeof(float));
         }
         sampler_probs(g->sp, g->qlog + (size_t)i * V, g->q + (size_t)i * V);

@@ -5,17 +5,36 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-static void die(const char *fmt, const char *a) {
-    fprintf(stderr, "dseek: ");
-    fprintf(stderr, fmt, a);
-    fputc('\n', stderr);
+/* Prints prefix and the formatted message as one line on stderr (control characters, which
+ * arguments and file names may hold, are shown as '?') and exits with status 2. */
+static _Noreturn void vfail(const char *prefix, const char *fmt, va_list ap) {
+    char msg[2048];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    for (char *c = msg; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+    fprintf(stderr, "%s%s\n", prefix, msg);
     exit(2);
+}
+
+static _Noreturn void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfail("dseek: ", fmt, ap);
+    va_end(ap);
+}
+
+static _Noreturn void die_cmd(const char *fmt, ...) { /* a message that names its own command */
+    va_list ap;
+    va_start(ap, fmt);
+    vfail("", fmt, ap);
+    va_end(ap);
 }
 
 static double now_s(void) {
@@ -51,6 +70,7 @@ typedef struct {
     int hide_think;           /* --hide-think */
     const char *ids_log;      /* chat --ids-log FILE (for tests) */
     const char *routing_out;  /* logits --routing-out FILE */
+    int check_tensors;        /* --check-tensors: scan every weight for NaN/Inf at load */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -59,10 +79,8 @@ static long parse_long(const char *flag, const char *v, long lo, long hi) {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
-    if (errno || *end || end == v || x < lo || x > hi) {
-        fprintf(stderr, "dseek: %s: expected an integer in [%ld, %ld], got \"%s\"\n", flag, lo, hi, v);
-        exit(2);
-    }
+    if (errno || *end || end == v || x < lo || x > hi)
+        die("%s: expected an integer in [%ld, %ld], got \"%s\"", flag, lo, hi, v);
     return x;
 }
 
@@ -70,10 +88,8 @@ static float parse_float(const char *flag, const char *v, float lo, float hi) {
     if (!v) die("%s: missing value", flag);
     char *end;
     float x = strtof(v, &end);
-    if (*end || end == v || !(x >= lo && x <= hi)) {
-        fprintf(stderr, "dseek: %s: expected a number in [%g, %g], got \"%s\"\n", flag, lo, hi, v);
-        exit(2);
-    }
+    if (*end || end == v || !(x >= lo && x <= hi))
+        die("%s: expected a number in [%g, %g], got \"%s\"", flag, (double)lo, (double)hi, v);
     return x;
 }
 
@@ -81,13 +97,15 @@ static void usage(const char *cmd) {
     if (!cmd || !strcmp(cmd, "bench"))
         fprintf(stderr,
                 "usage: dseek bench -m DIR [-p 512] [-n 128] [-r 3] [-t THREADS] [--json] [--no-mtp]\n"
+                "                   [--check-tensors]\n"
                 "  prefill of p random tokens and decode of n tokens, repeated r times: tokens/s (mean +- sd),\n"
                 "  model bytes, bytes read per decoded token, latent-cache bytes per token, resident memory,\n"
                 "  and decode speed against the memory-bandwidth roofline measured in the same run;\n"
                 "  models with an MTP layer are also decoded with speculative decoding\n");
     if (!cmd || !strcmp(cmd, "logits"))
         fprintf(stderr,
-                "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [--mtp] [--routing-out FILE] [-c CTX] [-t THREADS]\n"
+                "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [--mtp] [--routing-out FILE]\n"
+                "                    [-c CTX] [-t THREADS] [--check-tensors]\n"
                 "  writes the [T, vocab] float32 logits of every position as a NumPy .npy file\n"
                 "  default: one prefill of all tokens; --decode: one token at a time; --chunk N: N at a time\n"
                 "  --mtp: the MTP head's logits instead, for the inputs tokens[1:] + [argmax of the last row]\n"
@@ -99,6 +117,7 @@ static void usage(const char *cmd) {
     if (!cmd || !strcmp(cmd, "chat"))
         fprintf(stderr, "usage: dseek chat -m DIR [--system TEXT] [-n MAX_REPLY] [--temp T] [--top-k K] [--top-p P]\n"
                         "                  [--min-p P] [--seed S] [-c CTX] [-t THREADS] [--hide-think] [--no-mtp]\n"
+                        "                  [--check-tensors]\n"
                         "  interactive chat with the model's template; each turn computes only its new tokens.\n"
                         "  commands: /reset (forget the conversation), /exit (or Ctrl-D). Reads piped stdin too.\n");
     if (!cmd || !strcmp(cmd, "run"))
@@ -106,11 +125,15 @@ static void usage(const char *cmd) {
                 "usage: dseek run -m DIR (-p TEXT | -f FILE | --tokens 0,5,7) [--chat] [--system TEXT] [-n N]\n"
                 "                 [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
                 "                 [--seed S] [--ids] [-c CTX] [-b BATCH] [-t THREADS] [--no-mtp] [--draft N] [--no-adaptive]\n"
+                "                 [--check-tensors]\n"
                 "  streams the completion (or with --ids the token ids) to stdout, stopping at eos or after N\n"
                 "  tokens; --chat wraps the prompt in the model's chat template; --hide-think hides R1 thinking\n"
                 "  models with an MTP layer draft with it (speculative decoding, same output):\n"
                 "  --no-mtp turns that off, --draft N chains N drafts per step (default 1),\n"
                 "  --no-adaptive drafts every step instead of only while it is measured faster\n");
+    if (!cmd || strcmp(cmd, "tokenize"))
+        fprintf(stderr, "  --check-tensors: read every weight at load and refuse NaN or Inf, naming the tensor\n"
+                        "  (norms, router and bias are always checked; NaN or Inf logits are always an error)\n");
 }
 
 static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
@@ -151,10 +174,8 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--no-mtp")) a->no_mtp = 1;
         else if (!strcmp(f, "--no-adaptive")) a->no_adapt = 1;
         else if (!strcmp(f, "--draft")) { a->n_draft = (int)parse_long(f, v, 1, 8); i++; }
-        else {
-            fprintf(stderr, "dseek %s: unknown option \"%s\" (see dseek %s --help)\n", cmd, f, cmd);
-            exit(2);
-        }
+        else if (!strcmp(f, "--check-tensors") && strcmp(cmd, "tokenize")) a->check_tensors = 1;
+        else die_cmd("dseek %s: unknown option \"%s\" (see dseek %s --help)", cmd, f, cmd);
 #undef VAL
     }
     if (!a->model) die("%s: -m DIR is required", cmd);
@@ -182,11 +203,11 @@ static int *parse_tokens(const char *s, int *n) {
     return v;
 }
 
-static dseek_model *open_model(const char *dir, int threads) {
+static dseek_model *open_model(const char *dir, int threads, int check_tensors) {
     dseek_set_threads(threads);
     char err[1024];
     dseek_model *m;
-    if (dseek_model_open(dir, &m, err, sizeof err)) {
+    if (dseek_model_open(dir, &m, err, sizeof err) || (check_tensors && dseek_model_check_tensors(m, err, sizeof err))) {
         fprintf(stderr, "dseek: %s\n", err);
         exit(2);
     }
@@ -252,7 +273,7 @@ static int cmd_logits(int argc, char **argv) {
     if (!a.out) die("%s", "logits: -o FILE is required");
     int T;
     int *tok = parse_tokens(a.tokens, &T);
-    dseek_model *m = open_model(a.model, a.threads);
+    dseek_model *m = open_model(a.model, a.threads, a.check_tensors);
     int V = dseek_model_info(m)->vocab_size;
     int step = a.decode ? 1 : a.chunk ? a.chunk : T;
     dseek_session *s = open_session(m, a.ctx ? a.ctx : T, step);
@@ -385,7 +406,8 @@ static int *prompt_ids(const Args *a, const dseek_tokenizer *tok, int *n) {
     if (!a->prompt && !a->file) die("%s", "run: give the prompt with -p TEXT, -f FILE or --tokens IDS");
     size_t len;
     char *text = a->file ? slurp(a->file, &len) : strdup(a->prompt);
-    len = strlen(text);
+    if (!a->file || a->chat) len = strlen(text); /* a chat message is a C string */
+    if (len == 0) die("run: %s: the prompt is empty", a->file ? a->file : "-p");
     int *ids;
     size_t nid;
     if (a->chat) {
@@ -471,7 +493,7 @@ static void emit_token(void *ud, int id) {
 static int cmd_run(int argc, char **argv) {
     Args a;
     parse_args(argc, argv, &a, "run");
-    dseek_model *m = open_model(a.model, a.threads);
+    dseek_model *m = open_model(a.model, a.threads, a.check_tensors);
     const dseek_info *info = dseek_model_info(m);
     dseek_tokenizer *tok = a.tokens && a.ids ? NULL : open_tokenizer(a.model, m);
     if (a.tokens && !a.ids && !tok) die("%s", "run: text output needs tokenizer.json (or use --ids)");
@@ -540,7 +562,7 @@ static int cmd_chat(int argc, char **argv) {
     int explicit_n = 0;
     for (int i = 2; i < argc; i++) explicit_n |= !strcmp(argv[i], "-n");
     int max_reply = explicit_n ? a.n_predict : 1 << 20;
-    dseek_model *m = open_model(a.model, a.threads);
+    dseek_model *m = open_model(a.model, a.threads, a.check_tensors);
     const dseek_info *info = dseek_model_info(m);
     dseek_tokenizer *tok = open_tokenizer(a.model, m);
     if (dseek_chat_family_of(tok) == DSEEK_CHAT_NONE)
@@ -613,8 +635,10 @@ static int cmd_chat(int argc, char **argv) {
         /* the reply joins the conversation without its end-of-sentence token (the template adds it) */
         int keep = e.len;
         if (keep && (reply[keep - 1] == info->eos_token_id || reply[keep - 1] == dseek_eos_id(tok))) keep--;
-        char *text = malloc((size_t)keep * 64 + 1);
-        dseek_detokenize(tok, reply, (size_t)keep, DSEEK_DETOK_SKIP_SPECIAL, text, (size_t)keep * 64 + 1);
+        size_t tl = dseek_detokenize(tok, reply, (size_t)keep, DSEEK_DETOK_SKIP_SPECIAL, NULL, 0);
+        char *text = malloc(tl + 1);
+        if (!text) die("%s", "out of memory");
+        dseek_detokenize(tok, reply, (size_t)keep, DSEEK_DETOK_SKIP_SPECIAL, text, tl + 1);
         msgs[nmsg++] = (dseek_chat_msg){"assistant", text};
         if (a.samp.seed) (void)n;
         free(ids);
@@ -751,7 +775,7 @@ static int cmd_bench(int argc, char **argv) {
     }
     if (!explicit_p) P = 512;
     if (!explicit_n) N = 128;
-    dseek_model *m = open_model(a.model, a.threads);
+    dseek_model *m = open_model(a.model, a.threads, a.check_tensors);
     const dseek_info *info = dseek_model_info(m);
     int need = P > N + 2 ? P : N + 2;
     dseek_session *s = open_session(m, a.ctx ? a.ctx : (need > 32 ? need : 32) + 16, P > 512 ? 512 : P > 24 ? P : 24);
@@ -834,6 +858,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc, argv);
     if (!strcmp(argv[1], "chat")) return cmd_chat(argc, argv);
     if (!strcmp(argv[1], "tokenize")) return cmd_tokenize(argc, argv);
-    fprintf(stderr, "dseek: unknown command \"%s\" (see dseek --help)\n", argv[1]);
+    die("unknown command \"%s\" (see dseek --help)", argv[1]);
     return 2;
 }

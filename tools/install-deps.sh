@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs dseek's build and test dependencies from Debian packages (skips what is present).
+# Installs dseek's build and test dependencies from Debian packages (skips what is present);
+# clang and libclang-rt-dev are for `make fuzz` (libFuzzer).
 set -eu
-pkgs="build-essential pkg-config libopenblas-dev libcjson-dev libpcre2-dev python3-numpy nodejs npm"
+pkgs="build-essential pkg-config libopenblas-dev libcjson-dev libpcre2-dev python3-numpy nodejs npm clang libclang-rt-dev"
 missing=""
 for p in $pkgs; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"; done
 # nodejs/npm may come from elsewhere (a node install outside Debian's): accept working commands
