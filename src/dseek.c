@@ -1595,32 +1595,37 @@ typedef void (*QGroupFn)(const uint8_t *w, size_t nb, int dt, const QAct *a, int
 
 static float tile_scale(const uint8_t *tile, int r) { return f16_to_f32((uint16_t)(tile[2 * r] | tile[2 * r + 1] << 8)); }
 
-/* The reference: the formula above, row by row, in plain C. Also the fallback on CPUs
- * without AVX2. */
+/* The reference: the formula above in plain C, for the 16 rows of the group side by side
+ * (independent sums, so the compiler may vectorize them without changing a bit). Also the
+ * fallback on CPUs without AVX2. */
 static void qgroup_portable(const uint8_t *w, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys, int nr) {
     const size_t tile = qtile_bytes(dt);
     for (int t = 0; t < T; t++) {
         const int8_t *xq = a->q + (size_t)t * a->cols_p;
         const float *xd = a->d + (size_t)t * a->nb;
-        for (int r = 0; r < nr; r++) {
-            float acc = 0;
-            for (size_t b = 0; b < nb; b++) {
-                const uint8_t *tl = w + b * tile, *p = tl + 32 + 4 * r;
-                const int8_t *xb = xq + b * QK;
-                int32_t isum = 0;
-                if (dt == DT_Q8_0)
-                    for (int c = 0; c < QK; c++) isum += (int8_t)p[64 * (c / 4) + c % 4] * xb[c];
-                else
-                    for (int c = 0; c < QK / 2; c++) {
-                        uint8_t v = p[64 * (c / 4) + c % 4];
-                        isum += ((v & 15) - 8) * xb[c] + ((v >> 4) - 8) * xb[c + 16];
-                    }
+        float acc[QR] = {0};
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *tl = w + b * tile, *p = tl + 32;
+            const int8_t *x = xq + b * QK;
+            int32_t isum[QR] = {0};
+            if (dt == DT_Q8_0)
+                for (int k = 0; k < 8; k++)          /* columns 4k .. 4k+3 */
+                    for (int r = 0; r < QR; r++)
+                        for (int i = 0; i < 4; i++) isum[r] += (int8_t)p[64 * k + 4 * r + i] * x[4 * k + i];
+            else
+                for (int k = 0; k < 4; k++)          /* columns 4k .. 4k+3 and 16+4k .. 16+4k+3 */
+                    for (int r = 0; r < QR; r++)
+                        for (int i = 0; i < 4; i++) {
+                            uint8_t v = p[64 * k + 4 * r + i];
+                            isum[r] += ((v & 15) - 8) * x[4 * k + i] + ((v >> 4) - 8) * x[16 + 4 * k + i];
+                        }
+            for (int r = 0; r < QR; r++) {
                 float s = tile_scale(tl, r) * xd[b];
-                float prod = (float)isum * s;
-                acc = acc + prod;
+                float prod = (float)isum[r] * s;
+                acc[r] = acc[r] + prod;
             }
-            y[(size_t)t * ys + r] = acc;
         }
+        memcpy(y + (size_t)t * ys, acc, (size_t)nr * sizeof(float));
     }
 }
 
@@ -1637,8 +1642,7 @@ static void qgroup_portable(const uint8_t *w, size_t nb, int dt, const QAct *a, 
 static inline __attribute__((always_inline)) AVX512_TARGET void
 qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
     const size_t tile = qtile_bytes(dt);
-    const __m512i bias8 = _mm512_set1_epi8((char)0x80), lo4 = _mm512_set1_epi8(15);
-    const int off = dt == DT_Q8_0 ? 128 : 8;
+    const __m512i bias8 = _mm512_set1_epi8((char)0x80), lo4 = _mm512_set1_epi8(0x0f), hi4 = _mm512_set1_epi8((char)0xf0);
     __m512 acc[4];
     const int8_t *xq[4];
     for (int t = 0; t < NT; t++) {
@@ -1648,9 +1652,14 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
     for (size_t b = 0; b < nb; b++) {
         const uint8_t *tl = w + b * tile;
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl));
-        __m512i i0[4], i1[4];
-        for (int t = 0; t < NT; t++) i0[t] = i1[t] = _mm512_setzero_si512();
+        __m512i isum[4];
         if (dt == DT_Q8_0) {
+            /* i0 starts at -128 * sum(q_x): the bias comes out as the products go in */
+            __m512i i0[4], i1[4];
+            for (int t = 0; t < NT; t++) {
+                i0[t] = _mm512_set1_epi32(-128 * a->s[(size_t)(t0 + t) * a->nb + b]);
+                i1[t] = _mm512_setzero_si512();
+            }
             for (int k = 0; k < 8; k += 2) {
                 __m512i v0 = _mm512_xor_si512(_mm512_loadu_si512(tl + 32 + 64 * k), bias8);
                 __m512i v1 = _mm512_xor_si512(_mm512_loadu_si512(tl + 96 + 64 * k), bias8);
@@ -1662,24 +1671,31 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
                     i1[t] = _mm512_dpbusd_epi32(i1[t], v1, _mm512_set1_epi32(x1));
                 }
             }
+            for (int t = 0; t < NT; t++) isum[t] = _mm512_add_epi32(i0[t], i1[t]);
         } else {
+            /* low nibbles as they are; high nibbles as v & 0xf0 = 16 * q (no shift), their
+             * exact sum divided by 16 once per tile; -8 * sum(q_x) seeds the low sum */
+            __m512i il[4], ih[4];
+            for (int t = 0; t < NT; t++) {
+                il[t] = _mm512_set1_epi32(-8 * a->s[(size_t)(t0 + t) * a->nb + b]);
+                ih[t] = _mm512_setzero_si512();
+            }
             for (int k = 0; k < 4; k++) {
                 __m512i v = _mm512_loadu_si512(tl + 32 + 64 * k);
-                __m512i vl = _mm512_and_si512(v, lo4), vh = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+                __m512i vl = _mm512_and_si512(v, lo4), vh = _mm512_and_si512(v, hi4);
                 for (int t = 0; t < NT; t++) {
                     int32_t x0, x1;
                     memcpy(&x0, xq[t] + b * QK + 4 * k, 4);
                     memcpy(&x1, xq[t] + b * QK + 16 + 4 * k, 4);
-                    i0[t] = _mm512_dpbusd_epi32(i0[t], vl, _mm512_set1_epi32(x0));
-                    i1[t] = _mm512_dpbusd_epi32(i1[t], vh, _mm512_set1_epi32(x1));
+                    il[t] = _mm512_dpbusd_epi32(il[t], vl, _mm512_set1_epi32(x0));
+                    ih[t] = _mm512_dpbusd_epi32(ih[t], vh, _mm512_set1_epi32(x1));
                 }
             }
+            for (int t = 0; t < NT; t++) isum[t] = _mm512_add_epi32(il[t], _mm512_srai_epi32(ih[t], 4));
         }
         for (int t = 0; t < NT; t++) {
-            size_t j = (size_t)(t0 + t) * a->nb + b;
-            __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(i0[t], i1[t]), _mm512_set1_epi32(off * a->s[j]));
-            __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[j]));
-            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(isum), sc));
+            __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(a->d[(size_t)(t0 + t) * a->nb + b]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(isum[t]), sc));
         }
     }
     for (int t = 0; t < NT; t++) _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ys, (__mmask16)((1u << nr) - 1), acc[t]);
