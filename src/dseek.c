@@ -1045,6 +1045,31 @@ static void tensor_row(const Tensor *t, size_t r, float *out) {
     }
 }
 
+/* Dequantizes the nr rows of one row group (its tiles at g) into out[nr, cols]: the same
+ * values as qrow_dequant row by row, a tile at a time, in the order the bytes lie. */
+static void qgroup_dequant(int dt, const uint8_t *g, size_t cols, float *out, int nr) {
+    const size_t nb = (cols + QK - 1) / QK, tile = qtile_bytes(dt);
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *t = g + b * tile, *p = t + 32;
+        float d[QR], v[QR][QK];
+        for (int r = 0; r < QR; r++) d[r] = f16_to_f32((uint16_t)(t[2 * r] | t[2 * r + 1] << 8));
+        if (dt == DT_Q8_0)
+            for (int k = 0; k < 8; k++)
+                for (int r = 0; r < QR; r++)
+                    for (int i = 0; i < 4; i++) v[r][4 * k + i] = d[r] * (float)(int8_t)p[64 * k + 4 * r + i];
+        else
+            for (int k = 0; k < 4; k++)
+                for (int r = 0; r < QR; r++)
+                    for (int i = 0; i < 4; i++) {
+                        uint8_t q = p[64 * k + 4 * r + i];
+                        v[r][4 * k + i] = d[r] * (float)((q & 15) - 8);
+                        v[r][16 + 4 * k + i] = d[r] * (float)((q >> 4) - 8);
+                    }
+        size_t n = cols - b * QK < QK ? cols - b * QK : QK;
+        for (int r = 0; r < nr; r++) memcpy(out + (size_t)r * cols + b * QK, v[r], n * sizeof(float));
+    }
+}
+
 /* Matrices that dseek quantizes (dseek quantize, --quant): the attention and MLP / expert
  * projections, the MTP eh_proj and the output heads. Embeddings stay as they are: decode
  * reads one row of them per token, so quantizing them gains no speed, and their rows enter
@@ -2000,8 +2025,16 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
     }
 
     /* kv_b_proj in float32 for this layer: W_UK[h] rows h*(nope+v).., W_UV[h] the next v */
+    if (is_quant(ly->kv_b.dtype)) {
+        const size_t ng = (H * (nope + vd) + QR - 1) / QR, gb = (R + QK - 1) / QK * qtile_bytes(ly->kv_b.dtype);
 #pragma omp parallel for schedule(static)
-    for (size_t r = 0; r < H * (nope + vd); r++) tensor_row(&ly->kv_b, r, s->kvb + r * R);
+        for (size_t g = 0; g < ng; g++)
+            qgroup_dequant(ly->kv_b.dtype, ly->kv_b.data + g * gb, R, s->kvb + g * QR * R,
+                           H * (nope + vd) - g * QR < QR ? (int)(H * (nope + vd) - g * QR) : QR);
+    } else {
+#pragma omp parallel for schedule(static)
+        for (size_t r = 0; r < H * (nope + vd); r++) tensor_row(&ly->kv_b, r, s->kvb + r * R);
+    }
 
     const float scale = m->softmax_scale;
 #pragma omp parallel for schedule(dynamic, 1)

@@ -15,7 +15,8 @@
  *      product too;
  *   5. the portable kernel against float64 products of the dequantized weights with the
  *      float activations: within the bound that 8-bit activation rounding allows;
- *   6. non-finite activations give NaN rows; zero activations give exact zeros. */
+ *   6. non-finite activations give NaN rows; zero activations give exact zeros;
+ *   7. qgroup_dequant (used for kv_b in attention) = qrow_dequant, row by row. */
 #include "../src/dseek.c"
 
 static int fails;
@@ -291,6 +292,22 @@ static void test_kernels(void) {
     }
     free_qact(&a);
     free_qmat(&m);
+
+    /* 7. group dequantization = row dequantization */
+    int badg = 0;
+    for (int dti = 0; dti < 2; dti++) {
+        int dt = dti ? DT_Q4_0 : DT_Q8_0;
+        QMat g = make_qmat(dt, 37, 200);
+        float out[QR * 200];
+        size_t gb = (200 + QK - 1) / QK * qtile_bytes(dt);
+        for (size_t gi = 0; gi < 3; gi++) {
+            int nr = gi == 2 ? 5 : QR;
+            qgroup_dequant(dt, g.q.data + gi * gb, 200, out, nr);
+            badg += memcmp(out, g.deq + gi * QR * 200, (size_t)nr * 200 * sizeof(float)) != 0;
+        }
+        free_qmat(&g);
+    }
+    CHECK(!badg, "qgroup_dequant differs from qrow_dequant in %d row groups", badg);
 }
 
 /* ---- --bench ---- */
