@@ -1515,6 +1515,14 @@ static int thread_id(void) {
 #endif
 }
 
+static int n_threads_in_team(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 void dseek_set_threads(int n) {
 #ifdef _OPENMP
     if (n <= 0) n = omp_get_num_procs();
@@ -1584,12 +1592,12 @@ typedef struct {
 /* Quantizes x[T, cols] into a. One implementation for every kernel (vectorized by the
  * compiler, with the same bytes whatever it does: see absmax32), so that all kernels see
  * the same input. */
-static void qact_quantize(QAct *a, const float *x, size_t cols, int T) {
+static void qact_quantize_ld(QAct *a, const float *x, size_t ldx, size_t cols, int T) {
     a->nb = (cols + QK - 1) / QK;
     a->cols_p = a->nb * QK;
     for (int t = 0; t < T; t++)
         for (size_t b = 0; b < a->nb; b++) {
-            const float *xb = x + (size_t)t * cols + b * QK;
+            const float *xb = x + (size_t)t * ldx + b * QK;
             int8_t *q = a->q + (size_t)t * a->cols_p + b * QK;
             size_t n = cols - b * QK < QK ? cols - b * QK : QK;
             float xs[QK] = {0};
@@ -1613,6 +1621,9 @@ static void qact_quantize(QAct *a, const float *x, size_t cols, int T) {
             a->s[(size_t)t * a->nb + b] = sum;
         }
 }
+
+/* x[T, cols] with rows cols apart */
+static void qact_quantize(QAct *a, const float *x, size_t cols, int T) { qact_quantize_ld(a, x, cols, cols, T); }
 
 /* One row group: w points at its nb tiles; writes y[t * ys + r] for tokens t < T and rows
  * r < nr (the rows of the group that exist). Every kernel has this signature. */
@@ -1872,6 +1883,45 @@ static void qmatmul_act(float *y, const QAct *a, const Tensor *w, int T) {
     }
 }
 
+/* The activations of a from row `row` on (a view, nothing copied). */
+static QAct qact_rows(const QAct *a, size_t row) {
+    return (QAct){a->q + row * a->cols_p, a->d + row * a->nb, a->s + row * a->nb, a->cols_p, a->nb};
+}
+
+/* One quantized product of a batch: y[t * ys + r] = (a W^T)[t][r] for t < T. */
+typedef struct {
+    const Tensor *w;
+    QAct a;                   /* activations, T rows (a view) */
+    int T;
+    float *y;
+    size_t ys;                /* row stride of y */
+} QJob;
+
+/* Runs n quantized products in one parallel region: their row groups, all together, are
+ * cut into one contiguous range per thread. One fork and join instead of one per product
+ * matters in decode, where a MoE layer has a dozen small products; each output is what
+ * qmatmul_act gives. first[n + 1] is scratch. */
+static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
+    first[0] = 0;
+    for (int j = 0; j < n; j++) first[j + 1] = first[j] + (job[j].w->rows + QR - 1) / QR;
+    const size_t total = first[n];
+    const QGroupFn fn = qkernels[qkernel].fn;
+#pragma omp parallel
+    {
+        size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
+        size_t lo = total * tid / nth, hi = total * (tid + 1) / nth;
+        int j = 0;
+        for (size_t i = lo; i < hi; i++) {
+            while (first[j + 1] <= i) j++;
+            const QJob *q = &job[j];
+            const size_t g = i - first[j], r0 = g * QR;
+            const size_t gb = (q->w->cols + QK - 1) / QK * qtile_bytes(q->w->dtype);
+            int nr = q->w->rows - r0 < QR ? (int)(q->w->rows - r0) : QR;
+            fn(q->w->data + g * gb, gb / qtile_bytes(q->w->dtype), q->w->dtype, &q->a, q->T, q->y + r0, q->ys, nr);
+        }
+    }
+}
+
 /* Scratch the matmul needs, owned by the session. */
 typedef struct {
     float *rowbuf;            /* [threads, max_in] one converted weight row per thread */
@@ -1968,6 +2018,16 @@ struct dseek_session {
     size_t att_stride;
     float *gate, *up;         /* MLP activations [B, max_inter] */
     float *rlogits;           /* router scores [B, E] */
+    /* quantized experts of a few tokens (moe_experts_q): RA = min(B, 15) * (k + 1) rows */
+    QAct qx;                  /* inputs gathered per expert [RA, D rounded up to 32] */
+    QAct qh;                  /* hidden states [RA, max_inter rounded up], a region per expert */
+    float *hg, *hu;           /* gate and up outputs [RA, max_inter] */
+    float *hy;                /* expert outputs [RA, D] */
+    int *hslot;               /* the token * k + slot of each row [RA] (-1: shared expert) */
+    const MLP **jmlp;         /* per job: the expert, its first row, its rows [E + 1] */
+    int *jrow, *jn;
+    QJob *qjobs;              /* [2 * (E + 1)] */
+    size_t *qfirst;           /* [2 * (E + 1) + 1] */
     int *topk;                /* chosen experts [B, k] */
     float *topw;              /* their weights [B, k] */
     int *etok;                /* tokens routed to the expert being run [B] */
@@ -1986,10 +2046,23 @@ struct dseek_session {
 };
 
 /* MLP: y[T, D] = down(silu(gate(x)) * up(x)) */
+/* y1 = x W1^T and y2 = x W2^T: with both quantized and few tokens, x is quantized once and
+ * both products run in one parallel region; otherwise two matmuls. */
+static void matmul2(dseek_session *s, float *y1, const Tensor *w1, float *y2, const Tensor *w2, const float *x, int T) {
+    if (is_quant(w1->dtype) && is_quant(w2->dtype) && T < SGEMM_MIN_TOKENS) {
+        qact_quantize(&s->sc.qa, x, w1->cols, T);
+        s->qjobs[0] = (QJob){w1, s->sc.qa, T, y1, w1->rows};
+        s->qjobs[1] = (QJob){w2, s->sc.qa, T, y2, w2->rows};
+        qmatmul_jobs(s->qjobs, 2, s->qfirst);
+        return;
+    }
+    matmul(&s->sc, y1, x, w1, T);
+    matmul(&s->sc, y2, x, w2, T);
+}
+
 static void mlp_forward(dseek_session *s, const MLP *f, const float *x, float *y, int T) {
     size_t I = f->gate.rows;
-    matmul(&s->sc, s->gate, x, &f->gate, T);
-    matmul(&s->sc, s->up, x, &f->up, T);
+    matmul2(s, s->gate, &f->gate, s->up, &f->up, x, T);
     for (size_t i = 0; i < (size_t)T * I; i++) s->gate[i] = silu(s->gate[i]) * s->up[i];
     matmul(&s->sc, y, s->gate, &f->down, T);
 }
@@ -2008,15 +2081,15 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
     float *cache = s->cache + (size_t)li * (size_t)s->n_ctx * C;
 
     /* queries: q_proj, or q_b(RMSNorm(q_a(x))) */
+    /* (q_a or q_proj and kv_a read the same input: one pass when quantized) */
     if (c->q_lora_rank) {
         size_t ql = (size_t)c->q_lora_rank;
-        matmul(&s->sc, s->qa, xn, &ly->q_a, T);
+        matmul2(s, s->qa, &ly->q_a, s->kv, &ly->kv_a, xn, T);
         for (int t = 0; t < T; t++) rmsnorm(s->qa + t * ql, s->qa + t * ql, ly->q_a_norm, ql, c->rms_norm_eps);
         matmul(&s->sc, s->q, s->qa, &ly->q_b, T);
-    } else matmul(&s->sc, s->q, xn, &ly->q_proj, T);
+    } else matmul2(s, s->q, &ly->q_proj, s->kv, &ly->kv_a, xn, T);
 
     /* latent c = RMSNorm(kv[:R]) and rope key RoPE(kv[R:]) go to the cache */
-    matmul(&s->sc, s->kv, xn, &ly->kv_a, T);
     for (int t = 0; t < T; t++) {
         float *row = cache + (size_t)(pos + t) * C;
         rmsnorm(row, s->kv + t * C, ly->kv_a_norm, R, c->rms_norm_eps);
@@ -2151,6 +2224,80 @@ static void route_token(const Config *c, const float *logits, const float *bias,
     for (int i = 0; i < k; i++) w[i] *= c->routed_scaling_factor;
 }
 
+static int mlp_is_quant(const MLP *f) {
+    return is_quant(f->gate.dtype) && is_quant(f->up.dtype) && is_quant(f->down.dtype);
+}
+
+/* The experts of a MoE block for T < SGEMM_MIN_TOKENS tokens when their weights are
+ * quantized: the same sums as the loop in moe_forward (per token the shared expert, then
+ * the chosen experts in increasing order), with the gate and up products of every expert
+ * in one parallel region and all the down products in a second, instead of three regions
+ * per expert. x is quantized once; each expert's rows are copied out of it. Returns 0
+ * (and does nothing) if some weight involved is not quantized. */
+static int moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, float *y, int T) {
+    const Config *c = &s->m->c;
+    const size_t D = (size_t)c->hidden_size, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
+    const size_t Is = s->m->max_inter, Ip = round_up(Is, QK);
+    if (c->n_shared_experts && !mlp_is_quant(&ly->shared)) return 0;
+    for (int i = 0; i < T * (int)k; i++)
+        if (!mlp_is_quant(&ly->experts[s->topk[i]])) return 0;
+    QAct *qa = &s->sc.qa;
+    qact_quantize(qa, xn, D, T);
+    s->qx.cols_p = qa->cols_p;
+    s->qx.nb = qa->nb;
+    /* jobs: the shared expert over all tokens, then each chosen expert over its tokens */
+    int nj = 0, rows = 0;
+    for (size_t e = 0; e <= E; e++) {
+        const MLP *f = e == 0 ? (c->n_shared_experts ? &ly->shared : NULL) : &ly->experts[e - 1];
+        int n = 0;
+        for (int t = 0; t < T && f; t++)
+            for (size_t i = 0; i < (e ? k : 1); i++)
+                if (!e || s->topk[(size_t)t * k + i] == (int)e - 1) {
+                    memcpy(s->qx.q + (size_t)(rows + n) * qa->cols_p, qa->q + (size_t)t * qa->cols_p, qa->cols_p);
+                    memcpy(s->qx.d + (size_t)(rows + n) * qa->nb, qa->d + (size_t)t * qa->nb, qa->nb * sizeof(float));
+                    memcpy(s->qx.s + (size_t)(rows + n) * qa->nb, qa->s + (size_t)t * qa->nb, qa->nb * sizeof(int32_t));
+                    s->hslot[rows + n] = e ? t * (int)k + (int)i : -1;
+                    n++;
+                }
+        if (!n) continue;
+        if (e) s->prof.experts_run++;
+        s->jmlp[nj] = f;
+        s->jrow[nj] = rows;
+        s->jn[nj++] = n;
+        rows += n;
+    }
+    /* gate and up of every expert */
+    for (int j = 0; j < nj; j++) {
+        QAct a = qact_rows(&s->qx, (size_t)s->jrow[j]);
+        s->qjobs[2 * j] = (QJob){&s->jmlp[j]->gate, a, s->jn[j], s->hg + (size_t)s->jrow[j] * Is, Is};
+        s->qjobs[2 * j + 1] = (QJob){&s->jmlp[j]->up, a, s->jn[j], s->hu + (size_t)s->jrow[j] * Is, Is};
+    }
+    qmatmul_jobs(s->qjobs, 2 * nj, s->qfirst);
+    /* silu(gate) * up, quantized for the down products (each expert its own region of qh) */
+    for (int j = 0; j < nj; j++) {
+        const size_t I = s->jmlp[j]->gate.rows;
+        float *g = s->hg + (size_t)s->jrow[j] * Is, *u = s->hu + (size_t)s->jrow[j] * Is;
+        for (int t = 0; t < s->jn[j]; t++)
+            for (size_t i = 0; i < I; i++) g[(size_t)t * Is + i] = silu(g[(size_t)t * Is + i]) * u[(size_t)t * Is + i];
+        QAct h = {s->qh.q + (size_t)s->jrow[j] * Ip, s->qh.d + (size_t)s->jrow[j] * (Ip / QK),
+                  s->qh.s + (size_t)s->jrow[j] * (Ip / QK), 0, 0};
+        qact_quantize_ld(&h, g, Is, I, s->jn[j]);
+        s->qjobs[j] = (QJob){&s->jmlp[j]->down, h, s->jn[j], s->hy + (size_t)s->jrow[j] * D, D};
+    }
+    qmatmul_jobs(s->qjobs, nj, s->qfirst);
+    /* y = shared + sum of w * expert, in moe_forward's order */
+    if (!c->n_shared_experts) memset(y, 0, (size_t)T * D * sizeof(float));
+    for (int r = 0; r < rows; r++) {
+        const float *ye = s->hy + (size_t)r * D;
+        if (s->hslot[r] < 0) { memcpy(y + (size_t)r * D, ye, D * sizeof(float)); continue; } /* shared: row r is token r */
+        int t = s->hslot[r] / (int)k;
+        float w = s->topw[s->hslot[r]];
+        float *yt = y + (size_t)t * D;
+        for (size_t i = 0; i < D; i++) yt[i] += w * ye[i];
+    }
+    return 1;
+}
+
 /* MoE block: y = sum_i w_i Expert_i(x) + Shared(x). Tokens are grouped by expert so that each
  * chosen expert's weights are read once for all the tokens that chose it. */
 static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int T, int pos) {
@@ -2169,6 +2316,7 @@ static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int
     if (s->route_log && pos + T <= s->route_n)
         memcpy(s->route_log + ((size_t)li * (size_t)s->route_n + (size_t)pos) * k, s->topk, (size_t)T * k * sizeof(int));
 
+    if (T < SGEMM_MIN_TOKENS && moe_experts_q(s, ly, xn, y, T)) return;
     if (c->n_shared_experts) mlp_forward(s, &ly->shared, xn, y, T);
     else memset(y, 0, (size_t)T * D * sizeof(float));
 
@@ -2352,6 +2500,21 @@ void dseek_session_free(dseek_session *s) {
     free(s->sc.qa.q);
     free(s->sc.qa.d);
     free(s->sc.qa.s);
+    QAct *qs[] = {&s->qx, &s->qh};
+    for (int i = 0; i < 2; i++) {
+        free(qs[i]->q);
+        free(qs[i]->d);
+        free(qs[i]->s);
+    }
+    free(s->hg);
+    free(s->hu);
+    free(s->hy);
+    free(s->hslot);
+    free(s->jmlp);
+    free(s->jrow);
+    free(s->jn);
+    free(s->qjobs);
+    free(s->qfirst);
     free(s);
 }
 
@@ -2401,6 +2564,21 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->gate = xcalloc(B * inter, sizeof(float));
     s->up = xcalloc(B * inter, sizeof(float));
     s->rlogits = xcalloc(B * (E ? E : 1), sizeof(float));
+    {
+        const size_t RA = (B < SGEMM_MIN_TOKENS - 1 ? B : SGEMM_MIN_TOKENS - 1) * (k + 1), Dp = round_up(D, QK);
+        const size_t Ip = round_up(inter, QK);
+        s->qx = (QAct){xcalloc(RA * Dp, 1), xcalloc(RA * Dp / QK, sizeof(float)), xcalloc(RA * Dp / QK, sizeof(int32_t)), 0, 0};
+        s->qh = (QAct){xcalloc(RA * Ip, 1), xcalloc(RA * Ip / QK, sizeof(float)), xcalloc(RA * Ip / QK, sizeof(int32_t)), 0, 0};
+        s->hg = xcalloc(RA * inter, sizeof(float));
+        s->hu = xcalloc(RA * inter, sizeof(float));
+        s->hy = xcalloc(RA * D, sizeof(float));
+        s->hslot = xcalloc(RA, sizeof(int));
+        s->jmlp = xcalloc(E + 1, sizeof *s->jmlp);
+        s->jrow = xcalloc(E + 1, sizeof(int));
+        s->jn = xcalloc(E + 1, sizeof(int));
+        s->qjobs = xcalloc(2 * (E + 1), sizeof(QJob));
+        s->qfirst = xcalloc(2 * (E + 1) + 1, sizeof(size_t));
+    }
     s->topk = xcalloc(B * (k ? k : 1), sizeof(int));
     s->topw = xcalloc(B * (k ? k : 1), sizeof(float));
     s->etok = xcalloc(B, sizeof(int));
@@ -2411,7 +2589,9 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->hchain = xcalloc(D, sizeof(float));
     s->xcat = xcalloc(B * 2 * D, sizeof(float));
     s->cache = xcalloc(nl * (size_t)n_ctx * (R + rope), sizeof(float));
-    if (!s->sc.rowbuf || !s->sc.wbuf || !s->sc.qa.q || !s->sc.qa.d || !s->sc.qa.s || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
+    if (!s->sc.rowbuf || !s->sc.wbuf || !s->sc.qa.q || !s->sc.qa.d || !s->sc.qa.s || !s->qx.q || !s->qx.d ||
+        !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->jmlp ||
+        !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         !s->kvb || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
         !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);
