@@ -43,6 +43,7 @@ typedef struct {
     size_t weight_bytes;     /* bytes of those weights as stored */
     size_t cache_bytes_per_token; /* latent cache bytes per token, all layers */
     size_t decode_bytes_per_token; /* weight bytes one decoded token reads */
+    const char *matrix_dtype; /* dtype holding most matrix bytes: "BF16", "F8_E4M3", "q4_0", ... */
 } dseek_info;
 
 /* ---- model ---- */
@@ -53,6 +54,27 @@ typedef struct {
  * message. */
 int dseek_model_open(const char *dir, dseek_model **out, char *err, size_t errlen);
 void dseek_model_free(dseek_model *m);
+
+/* Weight quantization (README "Quantized models"): dseek's block formats. */
+enum { DSEEK_QUANT_NONE = 0, DSEEK_QUANT_Q8_0 = 1, DSEEK_QUANT_Q4_0 = 2 };
+/* "q8_0" -> DSEEK_QUANT_Q8_0, ...; -1 for an unknown name. */
+int dseek_quant_parse(const char *name);
+
+typedef struct {
+    int quant;                /* DSEEK_QUANT_*: quantize the matrices in memory while loading */
+    int progress;             /* non-zero: a progress bar on stderr while doing so (big models) */
+} dseek_load_cfg;
+/* dseek_model_open with options (cfg may be NULL: the defaults, as dseek_model_open). */
+int dseek_model_open_cfg(const char *dir, const dseek_load_cfg *cfg, dseek_model **out, char *err, size_t errlen);
+
+/* Writes the checkpoint in `dir` with its matrices quantized to `quant` as a dseek model in
+ * out_dir (created if missing): model.safetensors plus config.json and the tokenizer files.
+ * Streams tensor by tensor; progress on stderr when `progress` is set. */
+int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress, char *err, size_t errlen);
+
+/* The matrix-product kernels in use: "avx512-vnni", "avx2" or "portable" (the best this CPU
+ * runs, or what the environment variable DSEEK_KERNEL names, for tests). */
+const char *dseek_kernel_name(void);
 const dseek_info *dseek_model_info(const dseek_model *m);
 /* 1 if decoder layer li (MTP layers follow the main ones) is a MoE layer. */
 int dseek_layer_is_moe(const dseek_model *m, int li);

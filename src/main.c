@@ -1,4 +1,4 @@
-/* main.c - the dseek command line: run, chat, tokenize, logits, bench.
+/* main.c - the dseek command line: run, chat, tokenize, logits, bench, quantize.
  * Every error is one line on stderr and a non-zero exit: 2 for bad files or arguments. */
 #define _GNU_SOURCE
 #include "dseek.h"
@@ -71,6 +71,7 @@ typedef struct {
     const char *ids_log;      /* chat --ids-log FILE (for tests) */
     const char *routing_out;  /* logits --routing-out FILE */
     int check_tensors;        /* --check-tensors: scan every weight for NaN/Inf at load */
+    int quant;                /* --quant TYPE (quantize at load), quantize --type TYPE: DSEEK_QUANT_* */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -93,10 +94,27 @@ static float parse_float(const char *flag, const char *v, float lo, float hi) {
     return x;
 }
 
+static int parse_quant(const char *flag, const char *v) {
+    if (!v) die("%s: missing value", flag);
+    int q = dseek_quant_parse(v);
+    if (q < 0) {
+        fprintf(stderr, "dseek: %s: unknown type \"%s\" (q8_0 or q4_0)\n", flag, v);
+        exit(2);
+    }
+    return q;
+}
+
 static void usage(const char *cmd) {
+    if (!cmd || !strcmp(cmd, "quantize"))
+        fprintf(stderr,
+                "usage: dseek quantize -m DIR -o OUT --type q8_0|q4_0 [-t THREADS]\n"
+                "  writes DIR's model with its matrices in dseek's block format to the folder OUT\n"
+                "  (model.safetensors + config.json + tokenizer files), which dseek mmaps directly;\n"
+                "  embeddings, norms, router and bias are kept as they are. Any command also takes\n"
+                "  --quant q8_0|q4_0 to quantize a plain checkpoint in memory while loading it\n");
     if (!cmd || !strcmp(cmd, "bench"))
         fprintf(stderr,
-                "usage: dseek bench -m DIR [-p 512] [-n 128] [-r 3] [-t THREADS] [--json] [--no-mtp]\n"
+                "usage: dseek bench -m DIR [-p 512] [-n 128] [-r 3] [-t THREADS] [--json] [--no-mtp] [--quant q8_0|q4_0]\n"
                 "                   [--check-tensors]\n"
                 "  prefill of p random tokens and decode of n tokens, repeated r times: tokens/s (mean +- sd),\n"
                 "  model bytes, bytes read per decoded token, latent-cache bytes per token, resident memory,\n"
@@ -105,7 +123,7 @@ static void usage(const char *cmd) {
     if (!cmd || !strcmp(cmd, "logits"))
         fprintf(stderr,
                 "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [--mtp] [--routing-out FILE]\n"
-                "                    [-c CTX] [-t THREADS] [--check-tensors]\n"
+                "                    [-c CTX] [-t THREADS] [--check-tensors] [--quant q8_0|q4_0]\n"
                 "  writes the [T, vocab] float32 logits of every position as a NumPy .npy file\n"
                 "  default: one prefill of all tokens; --decode: one token at a time; --chunk N: N at a time\n"
                 "  --mtp: the MTP head's logits instead, for the inputs tokens[1:] + [argmax of the last row]\n"
@@ -116,7 +134,7 @@ static void usage(const char *cmd) {
                         "  tokenizer.json and tokenizer_config.json in DIR\n");
     if (!cmd || !strcmp(cmd, "chat"))
         fprintf(stderr, "usage: dseek chat -m DIR [--system TEXT] [-n MAX_REPLY] [--temp T] [--top-k K] [--top-p P]\n"
-                        "                  [--min-p P] [--seed S] [-c CTX] [-t THREADS] [--hide-think] [--no-mtp]\n"
+                        "                  [--min-p P] [--seed S] [-c CTX] [-t THREADS] [--hide-think] [--no-mtp] [--quant q8_0|q4_0]\n"
                         "                  [--check-tensors]\n"
                         "  interactive chat with the model's template; each turn computes only its new tokens.\n"
                         "  commands: /reset (forget the conversation), /exit (or Ctrl-D). Reads piped stdin too.\n");
@@ -125,7 +143,7 @@ static void usage(const char *cmd) {
                 "usage: dseek run -m DIR (-p TEXT | -f FILE | --tokens 0,5,7) [--chat] [--system TEXT] [-n N]\n"
                 "                 [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
                 "                 [--seed S] [--ids] [-c CTX] [-b BATCH] [-t THREADS] [--no-mtp] [--draft N] [--no-adaptive]\n"
-                "                 [--check-tensors]\n"
+                "                 [--check-tensors] [--quant q8_0|q4_0]\n"
                 "  streams the completion (or with --ids the token ids) to stdout, stopping at eos or after N\n"
                 "  tokens; --chat wraps the prompt in the model's chat template; --hide-think hides R1 thinking\n"
                 "  models with an MTP layer draft with it (speculative decoding, same output):\n"
@@ -175,6 +193,8 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--no-adaptive")) a->no_adapt = 1;
         else if (!strcmp(f, "--draft")) { a->n_draft = (int)parse_long(f, v, 1, 8); i++; }
         else if (!strcmp(f, "--check-tensors") && strcmp(cmd, "tokenize")) a->check_tensors = 1;
+        else if (!strcmp(f, "--quant") && strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
+        else if (!strcmp(f, "--type") && !strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
         else die_cmd("dseek %s: unknown option \"%s\" (see dseek %s --help)", cmd, f, cmd);
 #undef VAL
     }
@@ -203,11 +223,13 @@ static int *parse_tokens(const char *s, int *n) {
     return v;
 }
 
-static dseek_model *open_model(const char *dir, int threads, int check_tensors) {
-    dseek_set_threads(threads);
+static dseek_model *open_model(const Args *a) {
+    dseek_set_threads(a->threads);
     char err[1024];
     dseek_model *m;
-    if (dseek_model_open(dir, &m, err, sizeof err) || (check_tensors && dseek_model_check_tensors(m, err, sizeof err))) {
+    dseek_load_cfg cfg = {.quant = a->quant, .progress = 1};
+    if (dseek_model_open_cfg(a->model, &cfg, &m, err, sizeof err) ||
+        (a->check_tensors && dseek_model_check_tensors(m, err, sizeof err))) {
         fprintf(stderr, "dseek: %s\n", err);
         exit(2);
     }
@@ -273,7 +295,7 @@ static int cmd_logits(int argc, char **argv) {
     if (!a.out) die("%s", "logits: -o FILE is required");
     int T;
     int *tok = parse_tokens(a.tokens, &T);
-    dseek_model *m = open_model(a.model, a.threads, a.check_tensors);
+    dseek_model *m = open_model(&a);
     int V = dseek_model_info(m)->vocab_size;
     int step = a.decode ? 1 : a.chunk ? a.chunk : T;
     dseek_session *s = open_session(m, a.ctx ? a.ctx : T, step);
@@ -493,7 +515,7 @@ static void emit_token(void *ud, int id) {
 static int cmd_run(int argc, char **argv) {
     Args a;
     parse_args(argc, argv, &a, "run");
-    dseek_model *m = open_model(a.model, a.threads, a.check_tensors);
+    dseek_model *m = open_model(&a);
     const dseek_info *info = dseek_model_info(m);
     dseek_tokenizer *tok = a.tokens && a.ids ? NULL : open_tokenizer(a.model, m);
     if (a.tokens && !a.ids && !tok) die("%s", "run: text output needs tokenizer.json (or use --ids)");
@@ -562,7 +584,7 @@ static int cmd_chat(int argc, char **argv) {
     int explicit_n = 0;
     for (int i = 2; i < argc; i++) explicit_n |= !strcmp(argv[i], "-n");
     int max_reply = explicit_n ? a.n_predict : 1 << 20;
-    dseek_model *m = open_model(a.model, a.threads, a.check_tensors);
+    dseek_model *m = open_model(&a);
     const dseek_info *info = dseek_model_info(m);
     dseek_tokenizer *tok = open_tokenizer(a.model, m);
     if (dseek_chat_family_of(tok) == DSEEK_CHAT_NONE)
@@ -775,7 +797,7 @@ static int cmd_bench(int argc, char **argv) {
     }
     if (!explicit_p) P = 512;
     if (!explicit_n) N = 128;
-    dseek_model *m = open_model(a.model, a.threads, a.check_tensors);
+    dseek_model *m = open_model(&a);
     const dseek_info *info = dseek_model_info(m);
     int need = P > N + 2 ? P : N + 2;
     dseek_session *s = open_session(m, a.ctx ? a.ctx : (need > 32 ? need : 32) + 16, P > 512 ? 512 : P > 24 ? P : 24);
@@ -842,6 +864,22 @@ static int cmd_bench(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_quantize(int argc, char **argv) {
+    Args a;
+    parse_args(argc, argv, &a, "quantize");
+    if (!a.out) die("%s", "quantize: -o OUT (the output folder) is required");
+    if (!a.quant) die("%s", "quantize: --type q8_0|q4_0 is required");
+    dseek_set_threads(a.threads);
+    char err[1024];
+    double t0 = now_s();
+    if (dseek_quantize(a.model, a.out, a.quant, 1, err, sizeof err)) {
+        fprintf(stderr, "dseek: %s\n", err);
+        return 2;
+    }
+    fprintf(stderr, "dseek: wrote %s (%.1f s)\n", a.out, now_s() - t0);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         fprintf(stderr, "usage: dseek COMMAND [options]   (dseek COMMAND --help for each)\n"
@@ -850,7 +888,8 @@ int main(int argc, char **argv) {
                         "  run      complete a prompt (streamed text, or ids)\n"
                         "  chat     interactive chat\n"
                         "  tokenize print the token ids of a text\n"
-                        "  bench    measure prefill and decode speed\n");
+                        "  bench    measure prefill and decode speed\n"
+                        "  quantize write a model with Q8_0 / Q4_0 matrices\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc, argv);
@@ -858,6 +897,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "bench")) return cmd_bench(argc, argv);
     if (!strcmp(argv[1], "chat")) return cmd_chat(argc, argv);
     if (!strcmp(argv[1], "tokenize")) return cmd_tokenize(argc, argv);
-    die("unknown command \"%s\" (see dseek --help)", argv[1]);
+    if (!strcmp(argv[1], "quantize")) return cmd_quantize(argc, argv);
+    fprintf(stderr, "dseek: unknown command \"%s\" (see dseek --help)\n", argv[1]);
     return 2;
 }
