@@ -1589,6 +1589,25 @@ static long long stored_nonfinite(const uint8_t *p, size_t nbytes, int dtype, in
     return -1;
 }
 
+/* The same for a Q8_0 / Q4_0 tensor: its weights are non-finite exactly when a block scale
+ * (a half) is; returns the index of the block's first weight, row * cols + column. Scales
+ * of the padding rows of the last group are never used and not checked. */
+static long long qstored_nonfinite(const TensorEntry *e, int *nan) {
+    const size_t rows = e->shape[0], cols = e->shape[1], nb = (cols + QK - 1) / QK, tile = qtile_bytes(e->dtype);
+    for (size_t g = 0; g * QR < rows; g++)
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *t = e->data + (g * nb + b) * tile;
+            for (size_t r = 0; r < QR && g * QR + r < rows; r++) {
+                uint16_t h = (uint16_t)(t[2 * r] | t[2 * r + 1] << 8);
+                if ((h & 0x7c00) == 0x7c00) {
+                    *nan = (h & 0x3ff) != 0;
+                    return (long long)((g * QR + r) * cols + b * QK);
+                }
+            }
+        }
+    return -1;
+}
+
 int dseek_model_check_tensors(const dseek_model *m, char *err, size_t errlen) {
     const TensorTable *t = &m->tt;
     long bad_k = -1;          /* the first offending entry in table order */
@@ -1597,7 +1616,8 @@ int dseek_model_check_tensors(const dseek_model *m, char *err, size_t errlen) {
 #pragma omp parallel for schedule(dynamic, 1)
     for (long k = 0; k < (long)t->n; k++) {
         int nan = 0;
-        long long i = stored_nonfinite(t->v[k].data, t->v[k].nbytes, t->v[k].dtype, &nan);
+        long long i = is_quant(t->v[k].dtype) ? qstored_nonfinite(&t->v[k], &nan)
+                                               : stored_nonfinite(t->v[k].data, t->v[k].nbytes, t->v[k].dtype, &nan);
         if (i >= 0) {
 #pragma omp critical
             if (bad_k < 0 || k < bad_k) { bad_k = k; bad_i = i; bad_nan = nan; }

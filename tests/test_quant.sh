@@ -260,6 +260,21 @@ corrupt version       'm["dseek.version"] = "2"' "dseek.version \"2\" is not sup
 corrupt no_meta       'del m["dseek.q." + T]' "$TENSOR: shape [17408], config.json needs [64,256]"
 corrupt norm_as_q     'm["dseek.q.model.norm.weight"] = "q8_0 [256,1]"' "model.norm.weight: a q8_0 tensor must be stored as 1-D U8, not BF16"
 
+# a non-finite block scale (row 21, block 2 of the expert): --check-tensors names the element
+mkdir -p "$tmp/bad_scale"; cp "$Q/config.json" "$tmp/bad_scale/"
+$PY - "$Q/model.safetensors" "$tmp/bad_scale/model.safetensors" "$TENSOR" <<'PYEOF'
+import json, struct, sys
+f = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", f[:8])[0]
+h = json.loads(f[8:8 + n])
+p = 8 + n + h[sys.argv[3]]["data_offsets"][0] + (1 * 8 + 2) * 544 + 2 * 5  # group 1, block 2, row 5
+f[p:p + 2] = b"\x00\x7e"  # a NaN half
+open(sys.argv[2], "wb").write(f)
+PYEOF
+./dseek logits -m "$tmp/bad_scale" --tokens 0,1 -o "$tmp/x.npy" --check-tensors 2>"$tmp/err"; rc=$?
+[ $rc = 2 ] && grep -q "$TENSOR: element 5440 is NaN" "$tmp/err" && ok "NaN block scale, --check-tensors: $(cat "$tmp/err")" \
+  || bad "NaN block scale: rc=$rc $(cat "$tmp/err")"
+
 # quantize's own errors
 qerr() { # qerr LABEL WANT ARGS...
   local label=$1 want=$2; shift 2
