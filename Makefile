@@ -22,7 +22,7 @@ else
 OMP     := -fopenmp
 endif
 CFLAGS  ?= $(OPT) $(ARCH)
-CFLAGS  += -std=c11 -Wall -Wextra -Iinclude $(OMP) $(PKG_CFLAGS)
+CFLAGS  += -std=c11 -ffp-contract=off -Wall -Wextra -Iinclude $(OMP) $(PKG_CFLAGS)
 LDLIBS  := $(PKG_LIBS) -lm
 
 all: dseek tools/gen_ckpt

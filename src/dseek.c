@@ -168,8 +168,10 @@ static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
 /* The block quantizers below are written so that the compiler can vectorize them and still
  * give the same bytes on every machine and build: sums and maxima go through 8 fixed lanes
- * (no reassociation), and rounding to the nearest integer (ties to even, as lrintf) is the
- * exact float trick (v + 1.5 * 2^23) - 1.5 * 2^23, valid for |v| < 2^22. */
+ * (no reassociation), rounding to the nearest integer (ties to even, as lrintf) is the
+ * exact float trick (v + 1.5 * 2^23) - 1.5 * 2^23, valid for |v| < 2^22, and every product
+ * is a statement of its own, so that no compiler fuses it into a multiply-add (clang does
+ * within one expression by default). */
 #define RND_MAGIC 12582912.0f
 
 static float absmax32(const float *x) {
@@ -190,7 +192,8 @@ static int q8_0_block(const float *x, uint16_t *d, int8_t *q) {
     if (isinf(ds)) return -1;
     float id = ds > 0 ? 1.0f / ds : 0.0f; /* quantize with the scale as stored */
     for (int i = 0; i < QK; i++) {
-        float v = (x[i] * id + RND_MAGIC) - RND_MAGIC;
+        float v = x[i] * id;
+        v = (v + RND_MAGIC) - RND_MAGIC;
         v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
         q[i] = (int8_t)(int)v;
     }
@@ -220,11 +223,13 @@ static int q4_0_block(const float *x, uint16_t *d, uint8_t *q) {
         float qc[QK], sxq[8] = {0}, sqq[8] = {0};
         for (int j = 0; j < QK; j += 8)
             for (int k = 0; k < 8; k++) {
-                float v = (x[j + k] * id + RND_MAGIC) - RND_MAGIC;
+                float v = x[j + k] * id;
+                v = (v + RND_MAGIC) - RND_MAGIC;
                 v = v > 7.0f ? 7.0f : v < -8.0f ? -8.0f : v;
                 qc[j + k] = v;
-                sxq[k] += x[j + k] * v;
-                sqq[k] += v * v; /* integers: exact */
+                float xv = x[j + k] * v;
+                sxq[k] += xv;
+                sqq[k] += v * v; /* small integers: exact, fused or not */
             }
         for (int k = 1; k < 8; k++) {
             sxq[0] += sxq[k];
@@ -1747,7 +1752,8 @@ static void qact_quantize_ld(QAct *a, const float *x, size_t ldx, size_t cols, i
             float id = amax >= 1e-30f ? 127.0f / amax : 0.0f; /* a tinier block is zero */
             int32_t sum = 0;
             for (int i = 0; i < QK; i++) {
-                float v = (xs[i] * id + RND_MAGIC) - RND_MAGIC;
+                float v = xs[i] * id;
+                v = (v + RND_MAGIC) - RND_MAGIC;
                 v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
                 q[i] = (int8_t)(int)v;
                 sum += q[i];
@@ -1973,14 +1979,24 @@ static const struct { const char *name; QGroupFn fn; } qkernels[] = {
 };
 static int qkernel = -1;
 
+#ifdef DS_X86
+#include <cpuid.h>
+/* F16C (half <-> float): CPUID leaf 1, ECX bit 29. Asked directly because clang does not
+ * know "f16c" in __builtin_cpu_supports; the AVX2 / AVX-512 checks that come with it also
+ * cover the operating system's support for the vector registers. */
+static int cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+}
+#endif
+
 static int qkernel_supported(int i) {
 #ifdef DS_X86
     __builtin_cpu_init();
     if (qkernels[i].fn == qgroup_avx512)
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-               __builtin_cpu_supports("f16c");
-    if (qkernels[i].fn == qgroup_avx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") && cpu_has_f16c();
+    if (qkernels[i].fn == qgroup_avx2) return __builtin_cpu_supports("avx2") && cpu_has_f16c();
 #endif
     return qkernels[i].fn == qgroup_portable;
 }

@@ -43,7 +43,7 @@ bad() { fail=$((fail+1)); echo "FAIL $*"; }
 make -s dseek tools/gen_ckpt || { echo "build failed"; exit 1; }
 PKG="openblas libcjson libpcre2-8"
 CC=${DSEEK_CC:-cc}
-CF="-std=c11 -Wall -Wextra -Werror -Iinclude -fopenmp $(pkg-config --cflags $PKG)"
+CF="-std=c11 -ffp-contract=off -Wall -Wextra -Werror -Iinclude -fopenmp $(pkg-config --cflags $PKG)"
 LIBS="$(pkg-config --libs $PKG) -lm"
 
 # ---- 1. kernel-level tests, with and without -march=native
