@@ -907,6 +907,8 @@ typedef struct {
     Tensor kv_a;              /* kv_a_proj_with_mqa [R+rope, D] */
     float *kv_a_norm;         /* [R] */
     Tensor kv_b;              /* [H*(nope+v), R]: per head W_UK (nope rows) then W_UV (v rows) */
+    Tensor kb_t;              /* quantized kv_b only: W_UK of each head transposed, [H*R, nope] in
+                                 Q8_0, made at load (build_kb_t); data NULL otherwise */
     Tensor o_proj;            /* [D, H*v] */
     MLP mlp;                  /* dense layers */
     float *router;            /* mlp.gate.weight [E, D], float32 */
@@ -1339,6 +1341,39 @@ static void rope_setup(dseek_model *m) {
     m->softmax_scale = (float)scale;
 }
 
+/* The int8 attention path (mla_forward) needs q_lat = W_UK[h]^T q_nope as an ordinary
+ * product of quantized rows by int8 activations, so for a quantized kv_b each head's W_UK
+ * is transposed here, once at load: rows h*R + r of kb_t hold column r of W_UK[h]. It is
+ * quantized to Q8_0 whatever kv_b's type (the values are already quantized once; a second
+ * rounding to 8 bits adds little), and is small: R * nope per head (V2-Lite 30 MB, V3
+ * 0.5 GB beside 671 GB). W_UV[h] is used from kv_b as it is. Needs every head's rows on
+ * whole row groups (nope, v and R multiples of 16); otherwise kb_t stays empty and the
+ * float path runs. */
+static int build_kb_t(dseek_model *m, Layer *ly) {
+    const Config *c = &m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
+    const size_t nope = (size_t)c->qk_nope_head_dim, vd = (size_t)c->v_head_dim, hrows = nope + vd;
+    if (!is_quant(ly->kv_b.dtype) || nope % QR || vd % QR || R % QR) return 0;
+    const size_t nope_p = round_up(nope, QK), gbytes = nope_p / QK * qtile_bytes(DT_Q8_0);
+    const size_t gb_kvb = (R + QK - 1) / QK * qtile_bytes(ly->kv_b.dtype);
+    uint8_t *out = model_own(m, H * (R / QR) * gbytes);
+    float *wuk = malloc(nope * R * sizeof(float)), *buf = calloc(QR * nope_p, sizeof(float));
+    int rc = out && wuk && buf ? 0 : DSEEK_ENOMEM;
+    for (size_t h = 0; h < H && !rc; h++) {
+        for (size_t g = 0; g < nope / QR; g++)
+            qgroup_dequant(ly->kv_b.dtype, ly->kv_b.data + (h * hrows / QR + g) * gb_kvb, R, wuk + g * QR * R, QR);
+        for (size_t r0 = 0; r0 < R && !rc; r0 += QR) {
+            for (size_t j = 0; j < QR; j++)
+                for (size_t i = 0; i < nope; i++) buf[j * nope_p + i] = wuk[i * R + r0 + j];
+            if (quant_group(DT_Q8_0, buf, nope_p, out + (h * R + r0) / QR * gbytes)) rc = DSEEK_EFORMAT;
+        }
+    }
+    free(wuk);
+    free(buf);
+    if (!rc) ly->kb_t = (Tensor){.rows = H * R, .cols = nope, .dtype = DT_Q8_0, .data = out};
+    return rc;
+}
+
 static size_t tensor_bytes(const Tensor *t) {
     static const size_t esz[] = {4, 2, 2, 1};
     if (!t->data) return 0;
@@ -1351,8 +1386,14 @@ static size_t tensor_bytes(const Tensor *t) {
 static size_t mlp_bytes(const MLP *f) { return tensor_bytes(&f->gate) + tensor_bytes(&f->up) + tensor_bytes(&f->down); }
 
 static size_t attn_bytes(const Layer *ly) {
-    return tensor_bytes(&ly->q_proj) + tensor_bytes(&ly->q_a) + tensor_bytes(&ly->q_b) + tensor_bytes(&ly->kv_a) +
-           tensor_bytes(&ly->kv_b) + tensor_bytes(&ly->o_proj);
+    /* with kb_t, decode reads it and the W_UV rows of kv_b (whole row groups: see build_kb_t) */
+    size_t kvb = tensor_bytes(&ly->kv_b);
+    if (ly->kb_t.data) {
+        size_t H = ly->kb_t.rows / ly->kv_b.cols, uv_rows = ly->kv_b.rows - H * ly->kb_t.cols;
+        kvb = tensor_bytes(&ly->kb_t) + kvb / ly->kv_b.rows * uv_rows;
+    }
+    return tensor_bytes(&ly->q_proj) + tensor_bytes(&ly->q_a) + tensor_bytes(&ly->q_b) + tensor_bytes(&ly->kv_a) + kvb +
+           tensor_bytes(&ly->o_proj);
 }
 
 /* Weight bytes one decoded token reads (main model): every attention and dense weight, the
@@ -1537,6 +1578,10 @@ int dseek_model_open_cfg(const char *dir, const dseek_load_cfg *cfg, dseek_model
     if ((rc = bind_matrix(m, &m->embed, "model.embed_tokens.weight", V, D, err, errlen))) goto fail;
     for (int l = 0; l < c->num_hidden_layers + m->info.n_mtp && !rc; l++)
         rc = bind_layer(m, l, l >= c->num_hidden_layers, err, errlen);
+    for (int l = 0; l < c->num_hidden_layers + m->info.n_mtp && !rc; l++)
+        if ((rc = build_kb_t(m, &m->layers[l])))
+            seterr(err, errlen, "%s: model.layers.%d.self_attn.kv_b_proj.weight: %s", m->dir,
+                   l, rc == DSEEK_ENOMEM ? "out of memory" : "a value cannot be quantized");
     if (rc) goto fail;
     if ((rc = bind_vector(m, &m->final_norm, "model.norm.weight", D, err, errlen))) goto fail;
     if (c->tie_word_embeddings && !table_get(&m->tt, "lm_head.weight")) m->lm_head = m->embed;
@@ -1655,6 +1700,14 @@ static int thread_id(void) {
 #endif
 }
 
+static int in_parallel(void) {
+#ifdef _OPENMP
+    return omp_in_parallel();
+#else
+    return 0;
+#endif
+}
+
 static int n_threads_in_team(void) {
 #ifdef _OPENMP
     return omp_get_num_threads();
@@ -1676,7 +1729,7 @@ void dseek_set_threads(int n) {
  * sum runs in 16 independent lanes: one float accumulator would make the loop wait on the
  * adder (4 cycles a float) and measure that instead of memory. */
 double dseek_memory_bandwidth(size_t bytes) {
-    size_t n = bytes / sizeof(float) / 16 * 16;
+    size_t n = bytes / sizeof(float) / 64 * 64;
     float *buf = NULL;
     if (!n || posix_memalign((void **)&buf, 64, n * sizeof(float))) return 0;
 #pragma omp parallel for schedule(static)
@@ -1688,11 +1741,13 @@ double dseek_memory_bandwidth(size_t bytes) {
         float sum = 0;
 #pragma omp parallel reduction(+ : sum)
         {
-            float acc[16] = {0};
+            /* 64 independent sums (four vector registers' worth), so the adds never wait on
+             * each other and only the memory limits the loop */
+            float acc[64] = {0};
 #pragma omp for schedule(static)
-            for (size_t i = 0; i < n; i += 16)
-                for (int k = 0; k < 16; k++) acc[k] += buf[i + k];
-            for (int k = 0; k < 16; k++) sum += acc[k];
+            for (size_t i = 0; i < n; i += 64)
+                for (int k = 0; k < 64; k++) acc[k] += buf[i + k];
+            for (int k = 0; k < 64; k++) sum += acc[k];
         }
         clock_gettime(CLOCK_MONOTONIC, &b);
         sink += sum;
@@ -2073,6 +2128,20 @@ static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
     }
 }
 
+/* sum of a[i] * b[i] in 16 independent lanes (lane i % 16), then the lanes added in a fixed
+ * tree: the compiler can keep the lanes in vector registers, and every build (AVX-512,
+ * AVX2, no SIMD) does the same float operations in the same order. */
+static float dot_f32(const float *a, const float *b, size_t n) {
+    float acc[16] = {0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++) acc[k] += a[i + k] * b[i + k];
+    for (int k = 0; i + (size_t)k < n; k++) acc[k] += a[i + k] * b[i + k];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++) acc[k] += acc[k + w];
+    return acc[0];
+}
+
 /* Scratch the matmul needs, owned by the session. */
 typedef struct {
     float *rowbuf;            /* [threads, max_in] one converted weight row per thread */
@@ -2103,12 +2172,7 @@ static void matmul(Scratch *sc, float *y, const float *x, const Tensor *w, int T
             const float *wr = row;
             if (w->dtype == DT_F32) wr = (const float *)w->data + r * cols;
             else tensor_row(w, r, row);
-            for (int t = 0; t < T; t++) {
-                const float *xt = x + (size_t)t * cols;
-                float acc = 0;
-                for (size_t i = 0; i < cols; i++) acc += wr[i] * xt[i];
-                y[(size_t)t * rows + r] = acc;
-            }
+            for (int t = 0; t < T; t++) y[(size_t)t * rows + r] = dot_f32(wr, x + (size_t)t * cols, cols);
         }
         return;
     }
@@ -2168,6 +2232,13 @@ struct dseek_session {
     float *kv;                /* kv_a output [B, R+rope] */
     float *heads;             /* attention output of all heads [B, H*v] */
     float *kvb;               /* kv_b_proj of the current layer in float32 [H*(nope+v), R] */
+    float *kvbh;              /* per thread: one head's rows of it [nope+v, R] */
+    /* the int8 attention path (layers with kb_t) */
+    float *lat;               /* [B, H, R] q_lat of each token and head, then its o_lat */
+    QAct qlat;                /* per head, T rows: q_nope, then o_lat [H * B, R rounded up to 32] */
+    Tensor *hw;               /* per head: views of its kb_t rows and its W_UV rows [2H] */
+    QJob *hjobs;              /* [H] */
+    size_t *hfirst;           /* [H + 1] */
     float *att;               /* per thread: q_lat+q_pe [R+rope], o_lat [R], scores [n_ctx] */
     size_t att_stride;
     float *gate, *up;         /* MLP activations [B, max_inter] */
@@ -2221,6 +2292,125 @@ static void mlp_forward(dseek_session *s, const MLP *f, const float *x, float *y
     matmul(&s->sc, y, s->gate, &f->down, T);
 }
 
+/* Rows [r0, r0 + n) of kv_b_proj in float32 into out[n, R] (a quantized kv_b: r0 and n
+ * on row-group boundaries, or n reaching the last row). Called inside or outside a
+ * parallel region: it starts none itself when called inside one. */
+static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
+    const size_t R = w->cols;
+    if (is_quant(w->dtype)) {
+        const size_t gb = (R + QK - 1) / QK * qtile_bytes(w->dtype), g0 = r0 / QR, ng = (n + QR - 1) / QR;
+#pragma omp parallel for schedule(static) if (!in_parallel())
+        for (size_t g = 0; g < ng; g++)
+            qgroup_dequant(w->dtype, w->data + (g0 + g) * gb, R, out + g * QR * R, n - g * QR < QR ? (int)(n - g * QR) : QR);
+    } else {
+#pragma omp parallel for schedule(static) if (!in_parallel())
+        for (size_t r = 0; r < n; r++) tensor_row(w, r0 + r, out + r * R);
+    }
+}
+
+/* Absorbed attention of token t (at position pos + t) and head h over the latent cache
+ * (SPEC "MLA attention"); wuk is the head's kv_b rows in float32, W_UK[h] then W_UV[h]. */
+static void attend_head(dseek_session *s, const float *cache, const float *wuk, int t, int h, int pos) {
+    const dseek_model *m = s->m;
+    const Config *c = &m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
+    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
+    const size_t qd = nope + rope, C = R + rope;
+    const float scale = m->softmax_scale;
+    int n = pos + t + 1; /* causal: positions 0..pos+t */
+    float *qc = s->att + (size_t)thread_id() * s->att_stride; /* [R + rope]: q_lat then q_pe */
+    float *olat = qc + C, *sc = olat + R;
+    const float *qh = s->q + (size_t)t * H * qd + (size_t)h * qd;
+    /* absorbed query: q_lat = W_UK[h]^T q_nope */
+    memset(qc, 0, R * sizeof(float));
+    for (size_t i = 0; i < nope; i++) {
+        float a = qh[i];
+        const float *wr = wuk + i * R;
+        for (size_t r = 0; r < R; r++) qc[r] += a * wr[r];
+    }
+    memcpy(qc + R, qh + nope, rope * sizeof(float));
+    rope_apply(qc + R, (int)rope, pos + t, m->inv_freq, m->rope_mscale);
+    /* scores against the cache, softmax */
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        sc[j] = dot_f32(qc, cache + (size_t)j * C, C) * scale;
+        if (sc[j] > mx) mx = sc[j];
+    }
+    float sum = 0;
+    for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+    /* o_lat = sum_j p_j c_j, then out[h] = W_UV[h] o_lat */
+    memset(olat, 0, R * sizeof(float));
+    for (int j = 0; j < n; j++) {
+        float p = sc[j] / sum;
+        const float *cj = cache + (size_t)j * C;
+        for (size_t r = 0; r < R; r++) olat[r] += p * cj[r];
+    }
+    const float *wuv = wuk + nope * R;
+    float *o = s->heads + (size_t)t * H * vd + (size_t)h * vd;
+    for (size_t k = 0; k < vd; k++) o[k] = dot_f32(wuv + k * R, olat, R);
+}
+
+/* The heads of a layer whose kv_b is quantized (it has kb_t), for any number of tokens:
+ * q_lat = W_UK[h]^T q_nope and out[h] = W_UV[h] o_lat are products of quantized rows by
+ * int8 activations, like every other matrix of a quantized model: q_nope of all heads
+ * against their kb_t rows in one parallel region, the scores and o_lat of every (token,
+ * head) in a second, o_lat against the W_UV rows of kv_b in a third. Each token's result is
+ * the same whatever the number of tokens in the step. */
+static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, int T, int pos) {
+    const dseek_model *m = s->m;
+    const Config *c = &m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
+    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
+    const size_t qd = nope + rope, C = R + rope, hrows = nope + vd, B = (size_t)s->n_batch;
+    const size_t mp = round_up(R > nope ? R : nope, QK);
+    const size_t gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0);
+    const size_t gb_v = round_up(R, QK) / QK * qtile_bytes(ly->kv_b.dtype);
+    /* a head's T rows of activations: region h of qlat */
+#define HEAD_ACT(h) ((QAct){s->qlat.q + (h) * B * mp, s->qlat.d + (h) * B * mp / QK, s->qlat.s + (h) * B * mp / QK, 0, 0})
+#pragma omp parallel for schedule(static)
+    for (size_t h = 0; h < H; h++) {
+        QAct a = HEAD_ACT(h);
+        qact_quantize_ld(&a, s->q + h * qd, H * qd, nope, T);
+        s->hw[h] = (Tensor){.rows = R, .cols = nope, .dtype = DT_Q8_0, .data = ly->kb_t.data + h * (R / QR) * gb_t};
+        s->hjobs[h] = (QJob){&s->hw[h], a, T, s->lat + h * R, H * R};
+    }
+    qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
+    const float scale = m->softmax_scale;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t th = 0; th < (size_t)T * H; th++) {
+        const size_t t = th / H, h = th % H;
+        const int n = pos + (int)t + 1; /* causal: positions 0..pos+t */
+        float *lat = s->lat + th * R;  /* q_lat in, o_lat out */
+        float *qc = s->att + (size_t)thread_id() * s->att_stride, *sc = qc + C + R;
+        memcpy(qc, lat, R * sizeof(float));
+        memcpy(qc + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
+        rope_apply(qc + R, (int)rope, pos + (int)t, m->inv_freq, m->rope_mscale);
+        float mx = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            sc[j] = dot_f32(qc, cache + (size_t)j * C, C) * scale;
+            if (sc[j] > mx) mx = sc[j];
+        }
+        float sum = 0;
+        for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+        memset(lat, 0, R * sizeof(float));
+        for (int j = 0; j < n; j++) {
+            float p = sc[j] / sum;
+            const float *cj = cache + (size_t)j * C;
+            for (size_t r = 0; r < R; r++) lat[r] += p * cj[r];
+        }
+    }
+#pragma omp parallel for schedule(static)
+    for (size_t h = 0; h < H; h++) {
+        QAct a = HEAD_ACT(h);
+        qact_quantize_ld(&a, s->lat + h * R, H * R, R, T);
+        s->hw[H + h] = (Tensor){.rows = vd, .cols = R, .dtype = ly->kv_b.dtype,
+                                .data = ly->kv_b.data + (h * hrows + nope) / QR * gb_v};
+        s->hjobs[h] = (QJob){&s->hw[H + h], a, T, s->heads + h * vd, H * vd};
+    }
+    qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
+#undef HEAD_ACT
+}
+
 /* Multi-head latent attention of T tokens at positions pos.. (SPEC "MLA attention"),
  * computed in the absorbed form over the latent cache: the cache of layer `li` gets the
  * latents c and rope keys of these tokens, then each (token, head) scores its query
@@ -2231,7 +2421,7 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
     const Layer *ly = &m->layers[li];
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
-    const size_t qd = nope + rope, C = R + rope;
+    const size_t C = R + rope;
     float *cache = s->cache + (size_t)li * (size_t)s->n_ctx * C;
 
     /* queries: q_proj, or q_b(RMSNorm(q_a(x))) */
@@ -2251,60 +2441,26 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
         rope_apply(row + R, (int)rope, pos + t, m->inv_freq, m->rope_mscale);
     }
 
-    /* kv_b_proj in float32 for this layer: W_UK[h] rows h*(nope+v).., W_UV[h] the next v */
-    if (is_quant(ly->kv_b.dtype)) {
-        const size_t ng = (H * (nope + vd) + QR - 1) / QR, gb = (R + QK - 1) / QK * qtile_bytes(ly->kv_b.dtype);
-#pragma omp parallel for schedule(static)
-        for (size_t g = 0; g < ng; g++)
-            qgroup_dequant(ly->kv_b.dtype, ly->kv_b.data + g * gb, R, s->kvb + g * QR * R,
-                           H * (nope + vd) - g * QR < QR ? (int)(H * (nope + vd) - g * QR) : QR);
+    /* kv_b_proj in float32: W_UK[h] is rows h*(nope+v).. of it, W_UV[h] the next v rows.
+     * Many tokens: the whole matrix is converted once into s->kvb and every (token, head)
+     * runs in parallel. Few tokens (decode, verify): each thread converts one head's rows
+     * into its own buffer, small enough to stay in cache, and runs that head for every
+     * token, so the layer's kv_b is read once and never written out to memory. The same
+     * floats meet in the same order either way, so both give the same bits. */
+    const size_t hrows = nope + vd;
+    const int per_head = T < SGEMM_MIN_TOKENS && (!is_quant(ly->kv_b.dtype) || hrows % QR == 0);
+    if (ly->kb_t.data) mla_heads_q(s, ly, cache, T, pos);
+    else if (!per_head) {
+        kv_b_rows(&ly->kv_b, 0, H * hrows, s->kvb);
+#pragma omp parallel for schedule(dynamic, 1)
+        for (size_t th = 0; th < (size_t)T * H; th++)
+            attend_head(s, cache, s->kvb + th % H * hrows * R, (int)(th / H), (int)(th % H), pos);
     } else {
 #pragma omp parallel for schedule(static)
-        for (size_t r = 0; r < H * (nope + vd); r++) tensor_row(&ly->kv_b, r, s->kvb + r * R);
-    }
-
-    const float scale = m->softmax_scale;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (size_t th = 0; th < (size_t)T * H; th++) {
-        size_t t = th / H, h = th % H;
-        int n = pos + (int)t + 1; /* causal: positions 0..pos+t */
-        float *qc = s->att + (size_t)thread_id() * s->att_stride; /* [R + rope]: q_lat then q_pe */
-        float *olat = qc + C, *sc = olat + R;
-        const float *qh = s->q + t * H * qd + h * qd;
-        /* absorbed query: q_lat = W_UK[h]^T q_nope */
-        memset(qc, 0, R * sizeof(float));
-        const float *wuk = s->kvb + h * (nope + vd) * R;
-        for (size_t i = 0; i < nope; i++) {
-            float a = qh[i];
-            const float *wr = wuk + i * R;
-            for (size_t r = 0; r < R; r++) qc[r] += a * wr[r];
-        }
-        memcpy(qc + R, qh + nope, rope * sizeof(float));
-        rope_apply(qc + R, (int)rope, pos + (int)t, m->inv_freq, m->rope_mscale);
-        /* scores against the cache, softmax */
-        float mx = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            const float *cj = cache + (size_t)j * C;
-            float a = 0;
-            for (size_t r = 0; r < C; r++) a += qc[r] * cj[r];
-            sc[j] = a * scale;
-            if (sc[j] > mx) mx = sc[j];
-        }
-        float sum = 0;
-        for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-        /* o_lat = sum_j p_j c_j, then out[h] = W_UV[h] o_lat */
-        memset(olat, 0, R * sizeof(float));
-        for (int j = 0; j < n; j++) {
-            float p = sc[j] / sum;
-            const float *cj = cache + (size_t)j * C;
-            for (size_t r = 0; r < R; r++) olat[r] += p * cj[r];
-        }
-        const float *wuv = wuk + nope * R;
-        float *o = s->heads + t * H * vd + h * vd;
-        for (size_t k = 0; k < vd; k++) {
-            float a = 0;
-            for (size_t r = 0; r < R; r++) a += wuv[k * R + r] * olat[r];
-            o[k] = a;
+        for (size_t h = 0; h < H; h++) {
+            float *w = s->kvbh + (size_t)thread_id() * hrows * R;
+            kv_b_rows(&ly->kv_b, h * hrows, hrows, w);
+            for (int t = 0; t < T; t++) attend_head(s, cache, w, t, (int)h, pos);
         }
     }
     matmul(&s->sc, out, s->heads, &ly->o_proj, T);
@@ -2461,10 +2617,7 @@ static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int
     /* router logits in float32: gate.weight x */
     for (int t = 0; t < T; t++)
         for (size_t e = 0; e < E; e++) {
-            const float *wr = ly->router + e * D, *xt = xn + t * D;
-            float a = 0;
-            for (size_t i = 0; i < D; i++) a += wr[i] * xt[i];
-            s->rlogits[t * E + e] = a;
+            s->rlogits[t * E + e] = dot_f32(ly->router + e * D, xn + t * D, D);
         }
     for (int t = 0; t < T; t++) route_token(c, s->rlogits + t * E, ly->router_bias, s->topk + t * k, s->topw + t * k);
     if (s->route_log && pos + T <= s->route_n)
@@ -2668,15 +2821,19 @@ int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, 
 void dseek_session_free(dseek_session *s) {
     if (!s) return;
     float **bufs[] = {&s->sc.rowbuf, &s->sc.wbuf, &s->x, &s->xn, &s->y, &s->qa, &s->q, &s->kv, &s->heads,
-                      &s->kvb, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->cache};
+                      &s->kvb, &s->kvbh, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->cache};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(s->topk);
     free(s->etok);
     free(s->sc.qa.q);
     free(s->sc.qa.d);
     free(s->sc.qa.s);
-    QAct *qs[] = {&s->qx, &s->qh};
-    for (int i = 0; i < 2; i++) {
+    free(s->lat);
+    free(s->hw);
+    free(s->hjobs);
+    free(s->hfirst);
+    QAct *qs[] = {&s->qx, &s->qh, &s->qlat};
+    for (int i = 0; i < 3; i++) {
         free(qs[i]->q);
         free(qs[i]->d);
         free(qs[i]->s);
@@ -2734,6 +2891,18 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->kv = xcalloc(B * (R + rope), sizeof(float));
     s->heads = xcalloc(B * H * vd, sizeof(float));
     s->kvb = xcalloc(H * ((size_t)c->qk_nope_head_dim + vd) * R, sizeof(float));
+    s->kvbh = xcalloc((size_t)s->nth * ((size_t)c->qk_nope_head_dim + vd) * R, sizeof(float));
+    int kbt = 0;
+    for (size_t l = 0; l < nl; l++) kbt |= m->layers[l].kb_t.data != NULL;
+    if (kbt) {
+        const size_t mp = round_up(R > (size_t)c->qk_nope_head_dim ? R : (size_t)c->qk_nope_head_dim, QK);
+        s->lat = xcalloc(B * H * R, sizeof(float));
+        s->qlat = (QAct){xcalloc(H * B * mp, 1), xcalloc(H * B * mp / QK, sizeof(float)),
+                         xcalloc(H * B * mp / QK, sizeof(int32_t)), 0, 0};
+        s->hw = xcalloc(2 * H, sizeof(Tensor));
+        s->hjobs = xcalloc(H, sizeof(QJob));
+        s->hfirst = xcalloc(H + 1, sizeof(size_t));
+    }
     s->att_stride = (R + rope) + R + (size_t)n_ctx;
     s->att = xcalloc((size_t)s->nth * s->att_stride, sizeof(float));
     s->gate = xcalloc(B * inter, sizeof(float));
@@ -2767,8 +2936,9 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     if (!s->sc.rowbuf || !s->sc.wbuf || !s->sc.qa.q || !s->sc.qa.d || !s->sc.qa.s || !s->qx.q || !s->qx.d ||
         !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->jmlp ||
         !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
-        !s->kvb || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
-        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache) {
+        !s->kvb || !s->kvbh || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
+        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache ||
+        (kbt && (!s->lat || !s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst))) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);
         dseek_session_free(s);
         return DSEEK_ENOMEM;

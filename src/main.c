@@ -695,30 +695,36 @@ static void mean_sd(const double *x, int n, double *mean, double *sd) {
     *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
 }
 
+/* profile b - a */
+static dseek_profile prof_delta(dseek_profile a, dseek_profile b) {
+    return (dseek_profile){b.attention - a.attention, b.dense_mlp - a.dense_mlp, b.moe - a.moe, b.lm_head - a.lm_head,
+                           b.mtp - a.mtp, b.experts_run - a.experts_run, b.mtp_experts_run - a.mtp_experts_run};
+}
+
 /* Decodes n tokens after bos; returns tokens/s over the steps and fills st. */
-static double bench_decode(dseek_session *s, const dseek_info *info, int n, int mtp, dseek_gen_stats *st) {
+static double bench_decode(dseek_session *s, const dseek_info *info, int n, int mtp, dseek_gen_stats *st,
+                           dseek_profile *prof) {
     dseek_sampler_cfg sc = {.temperature = 0, .top_p = 1};
     dseek_gen_cfg gc = {.mtp = mtp, .n_draft = 1, .adaptive = 1};
     dseek_gen *g;
     if (dseek_gen_new(s, &sc, &gc, &g)) die("%s", "out of memory");
     int bos = info->bos_token_id < info->vocab_size ? info->bos_token_id : 0, first, out[16], k, got = 1;
     check(s, dseek_gen_feed(g, &bos, 1, &first));
+    dseek_profile p0;
+    dseek_session_profile(s, &p0);
     double t0 = now_s();
     while (got < n) {
         check(s, dseek_gen_step(g, out, &k));
         got += k;
     }
     double t = now_s() - t0;
+    dseek_session_profile(s, prof);
+    *prof = prof_delta(p0, *prof);
     dseek_gen_stats_get(g, st);
     dseek_gen_free(g);
     return (got - 1) / t;
 }
 
-/* profile b - a */
-static dseek_profile prof_delta(dseek_profile a, dseek_profile b) {
-    return (dseek_profile){b.attention - a.attention, b.dense_mlp - a.dense_mlp, b.moe - a.moe, b.lm_head - a.lm_head,
-                           b.mtp - a.mtp, b.experts_run - a.experts_run, b.mtp_experts_run - a.mtp_experts_run};
-}
 
 /* What speculative decoding costs here: one 1-token forward, one 2-token verify forward and
  * one MTP draft at the same position, repeated with fresh random tokens; per-part times give
@@ -810,16 +816,26 @@ static int cmd_bench(int argc, char **argv) {
     double bw = dseek_memory_bandwidth((size_t)512 << 20);
     double pp[1000], tg[1000], tgm[1000];
     dseek_gen_stats st = {0}, stm = {0};
+    dseek_profile dprof = {0}, pprof = {0}; /* where the fastest plain decode / prefill spent its time */
+    double best_t = 0, best_pt = 0;
     int mtp = info->n_mtp && !a.no_mtp;
     for (int rep = 0; rep < R; rep++) {
         if (P > 0) {
+            dseek_profile p0, p1;
+            dseek_session_profile(s, &p0);
             double t0 = now_s();
             check(s, dseek_forward(s, tok, P, 0, NULL, 0));
-            pp[rep] = P / (now_s() - t0);
+            double tt = now_s() - t0;
+            pp[rep] = P / tt;
+            dseek_session_profile(s, &p1);
+            if (rep == 0 || tt < best_pt) { best_pt = tt; pprof = prof_delta(p0, p1); }
         }
         if (N > 1) {
-            tg[rep] = bench_decode(s, info, N, 0, &st);
-            if (mtp) tgm[rep] = bench_decode(s, info, N, 1, &stm);
+            dseek_profile p;
+            tg[rep] = bench_decode(s, info, N, 0, &st, &p);
+            double tt = (N - 1) / tg[rep]; /* seconds of this decode */
+            if (rep == 0 || tt < best_t) { best_t = tt; dprof = p; }
+            if (mtp) tgm[rep] = bench_decode(s, info, N, 1, &stm, &p);
         }
     }
     double ppm, pps, tgmn, tgs, tmm, tms;
@@ -827,6 +843,8 @@ static int cmd_bench(int argc, char **argv) {
     mean_sd(tg, R, &tgmn, &tgs);
     mean_sd(tgm, R, &tmm, &tms);
     double roof = bw > 0 ? bw / (double)info->decode_bytes_per_token : 0;
+    int n_moe = 0;
+    for (int l = 0; l < info->n_layers; l++) n_moe += dseek_layer_is_moe(m, l);
     long rss = rss_kib("VmHWM:");
     if (a.json) {
         printf("{\"model\": \"%s\", \"params\": %zu, \"model_bytes\": %zu, \"decode_bytes_per_token\": %zu, "
@@ -836,6 +854,17 @@ static int cmd_bench(int argc, char **argv) {
         if (P > 0) printf("{\"test\": \"pp%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d}\n", P, ppm, pps, R);
         if (N > 1) printf("{\"test\": \"tg%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"roofline_tokens_per_s\": %.3f, \"roofline_pct\": %.1f}\n",
                           N, tgmn, tgs, R, roof, roof > 0 ? 100 * tgmn / roof : 0);
+        if (P > 0)
+            printf("{\"test\": \"pp%d_parts\", \"ms\": %.3f, \"attention_ms\": %.3f, \"dense_mlp_ms\": %.3f, "
+                   "\"moe_ms\": %.3f, \"experts_per_moe_layer\": %.2f}\n",
+                   P, 1e3 * best_pt, 1e3 * pprof.attention, 1e3 * pprof.dense_mlp, 1e3 * pprof.moe,
+                   n_moe ? (double)pprof.experts_run / n_moe : 0);
+        if (N > 1)
+            printf("{\"test\": \"tg%d_parts\", \"ms_per_token\": %.3f, \"attention_ms\": %.3f, \"dense_mlp_ms\": %.3f, "
+                   "\"moe_ms\": %.3f, \"lm_head_ms\": %.3f, \"experts_per_moe_layer\": %.2f}\n",
+                   N, 1e3 * best_t / (N - 1), 1e3 * dprof.attention / (N - 1), 1e3 * dprof.dense_mlp / (N - 1),
+                   1e3 * dprof.moe / (N - 1), 1e3 * dprof.lm_head / (N - 1),
+                   n_moe ? (double)dprof.experts_run / (N - 1) / n_moe : 0);
         if (N > 1 && mtp)
             printf("{\"test\": \"tg%d_mtp\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"speedup\": %.3f, "
                    "\"acceptance\": %.4f, \"tokens_per_forward\": %.3f, \"verify_over_forward\": %.3f, \"draft_over_forward\": %.3f}\n",
@@ -850,6 +879,17 @@ static int cmd_bench(int argc, char **argv) {
         if (P > 0) printf("pp%-5d %9.2f +- %.2f tok/s   (%d reps)\n", P, ppm, pps, R);
         if (N > 1) printf("tg%-5d %9.2f +- %.2f tok/s   (%.0f%% of the %.2f tok/s bandwidth roofline)\n", N, tgmn, tgs,
                           roof > 0 ? 100 * tgmn / roof : 0, roof);
+        if (P > 0)
+            printf("          %.1f ms per prefill: attention %.1f, dense MLP %.1f, MoE %.1f (%.1f experts per layer)\n",
+                   1e3 * best_pt, 1e3 * pprof.attention, 1e3 * pprof.dense_mlp, 1e3 * pprof.moe,
+                   n_moe ? (double)pprof.experts_run / n_moe : 0);
+        if (N > 1)
+            printf("          per token %.2f ms: attention %.2f, dense MLP %.2f, MoE %.2f (%.1f experts per layer), "
+                   "lm_head %.2f, rest %.2f\n",
+                   1e3 * best_t / (N - 1), 1e3 * dprof.attention / (N - 1), 1e3 * dprof.dense_mlp / (N - 1),
+                   1e3 * dprof.moe / (N - 1), n_moe ? (double)dprof.experts_run / (N - 1) / n_moe : 0,
+                   1e3 * dprof.lm_head / (N - 1),
+                   1e3 * (best_t - dprof.attention - dprof.dense_mlp - dprof.moe - dprof.lm_head) / (N - 1));
         if (N > 1 && mtp)
             printf("tg%-5d %9.2f +- %.2f tok/s with MTP (x%.2f): acceptance %.1f%%, %.2f tokens per main forward,\n"
                    "          verify forward = %.2f x a 1-token forward, one draft = %.2f x a forward\n",
