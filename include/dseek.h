@@ -60,9 +60,18 @@ enum { DSEEK_QUANT_NONE = 0, DSEEK_QUANT_Q8_0 = 1, DSEEK_QUANT_Q4_0 = 2 };
 /* "q8_0" -> DSEEK_QUANT_Q8_0, ...; -1 for an unknown name. */
 int dseek_quant_parse(const char *name);
 
+/* How the weight files get into memory (README "Loading and memory"). */
+enum {
+    DSEEK_LOAD_POPULATE = 0,  /* default: mmap, every page read in at load (MAP_POPULATE) */
+    DSEEK_LOAD_LAZY = 1,      /* mmap, pages read on first use (fast start, slow first tokens) */
+    DSEEK_LOAD_READ = 2       /* no mmap: read into anonymous memory backed by huge pages */
+};
+
 typedef struct {
     int quant;                /* DSEEK_QUANT_*: quantize the matrices in memory while loading */
     int progress;             /* non-zero: a progress bar on stderr while doing so (big models) */
+    int load;                 /* DSEEK_LOAD_* */
+    int mlock;                /* non-zero: lock the weights in RAM (mlock); an error if refused */
 } dseek_load_cfg;
 /* dseek_model_open with options (cfg may be NULL: the defaults, as dseek_model_open). */
 int dseek_model_open_cfg(const char *dir, const dseek_load_cfg *cfg, dseek_model **out, char *err, size_t errlen);

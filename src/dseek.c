@@ -559,8 +559,9 @@ typedef struct {
 
 typedef struct {
     char *path;               /* for messages */
-    uint8_t *map;             /* whole file, read-only */
+    uint8_t *map;             /* whole file, read-only (mmap of the file, or of anonymous memory) */
     size_t size;
+    int load, lock;           /* how to bring it in: DSEEK_LOAD_*, mlock */
 } MappedFile;
 
 /* Open-addressing hash from name to TensorEntry index. */
@@ -712,6 +713,50 @@ static int st_quant_meta(const char *path, const cJSON *h, TensorTable *qm, char
     return 0;
 }
 
+/* Brings a weight file into memory as *map (size bytes, read-only use), per `load`:
+ * POPULATE maps it and has the kernel read every page now, in large sequential reads (decode
+ * then never waits on a page fault; the pages stay shared with the page cache); LAZY maps it
+ * and lets pages come on first use; READ copies it into anonymous memory with transparent
+ * huge pages asked for (fewer TLB misses over tens of GB of experts), refusing a file bigger
+ * than RAM. Either way the result is released with munmap. */
+static int map_file(int fd, const char *path, size_t size, int load, uint8_t **map, char *err, size_t errlen) {
+    if (load != DSEEK_LOAD_READ) {
+        int flags = MAP_PRIVATE | (load == DSEEK_LOAD_POPULATE ? MAP_POPULATE : 0);
+        void *p = mmap(NULL, size, PROT_READ, flags, fd, 0);
+        if (p == MAP_FAILED) { seterr(err, errlen, "%s: mmap failed: %s", path, strerror(errno)); return DSEEK_EIO; }
+        if (load == DSEEK_LOAD_POPULATE) madvise(p, size, MADV_WILLNEED);
+        *map = p;
+        return 0;
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && psz > 0 && size / (size_t)psz >= (size_t)pages) {
+        seterr(err, errlen, "%s: --no-mmap: the file (%zu bytes) is larger than this machine's memory", path, size);
+        return DSEEK_ENOMEM;
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) { seterr(err, errlen, "%s: --no-mmap: cannot allocate %zu bytes", path, size); return DSEEK_ENOMEM; }
+#ifdef MADV_HUGEPAGE
+    madvise(p, size, MADV_HUGEPAGE);
+#endif
+    const size_t chunk = (size_t)64 << 20;
+    for (size_t off = 0; off < size;) {
+        size_t want = size - off < chunk ? size - off : chunk;
+        ssize_t got = pread(fd, (uint8_t *)p + off, want, (off_t)off);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
+            seterr(err, errlen, "%s: read failed at byte %zu: %s", path, off, got < 0 ? strerror(errno) : "file shrank");
+            munmap(p, size);
+            return DSEEK_EIO;
+        }
+#ifdef POSIX_FADV_DONTNEED
+        posix_fadvise(fd, (off_t)off, got, POSIX_FADV_DONTNEED); /* the copy is what stays */
+#endif
+        off += (size_t)got;
+    }
+    *map = p;
+    return 0;
+}
+
 /* Maps one safetensors file and adds its tensors to the table. `only` (may be NULL) is the
  * index's weight_map: when given, only tensors it assigns to this file are added. Every
  * header field is validated: lengths, dtypes, shapes, offsets within the data area, and
@@ -732,13 +777,19 @@ static int st_load(const char *path, const char *fname, int fidx, MappedFile *mf
         close(fd);
         return DSEEK_EFORMAT;
     }
-    uint8_t *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    uint8_t *map;
+    int mrc = map_file(fd, path, size, mf->load, &map, err, errlen);
     close(fd);
-    if (map == MAP_FAILED) { seterr(err, errlen, "%s: mmap failed: %s", path, strerror(errno)); return DSEEK_EIO; }
+    if (mrc) return mrc;
     mf->path = strdup(path);
     mf->map = map;
     mf->size = size;
     if (!mf->path) return DSEEK_ENOMEM;
+    if (mf->lock && mlock(map, size)) {
+        seterr(err, errlen, "%s: --mlock: cannot lock %zu bytes in memory: %s (see ulimit -l)", path, size,
+               strerror(errno));
+        return DSEEK_EIO;
+    }
 
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | map[i];
@@ -945,6 +996,7 @@ struct dseek_model {
     size_t max_in;            /* largest input dim of any matmul */
     size_t max_inter;         /* largest MLP width */
     int quant_to;             /* --quant: DT_Q8_0 / DT_Q4_0 to quantize matrices at load, else 0 */
+    int load, lock;           /* dseek_load_cfg's load and mlock */
     int progress;             /* print a progress bar while quantizing at load */
     size_t q_total, q_done;   /* source bytes to quantize at load, and done */
     double q_t0, q_last;      /* progress clock */
@@ -1477,6 +1529,8 @@ static int load_files(dseek_model *m, const char *dir, char *err, size_t errlen)
         if (!m->files) return DSEEK_ENOMEM;
         m->n_files = 1;
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        m->files[0].load = m->load;
+        m->files[0].lock = m->lock;
         return st_load(path, "model.safetensors", 0, &m->files[0], &m->tt, NULL, err, errlen);
     }
     cJSON *idx = cJSON_ParseWithLength(text, len);
@@ -1516,6 +1570,8 @@ static int load_files(dseek_model *m, const char *dir, char *err, size_t errlen)
         char fp[4096];
         snprintf(fp, sizeof fp, "%s/%s", dir, names[i]);
         m->n_files = i + 1;
+        m->files[i].load = m->load;
+        m->files[i].lock = m->lock;
         rc = st_load(fp, names[i], i, &m->files[i], &m->tt, wm, err, errlen);
     }
     /* every tensor the index names must be in its file */
@@ -1549,6 +1605,16 @@ int dseek_model_open_cfg(const char *dir, const dseek_load_cfg *cfg, dseek_model
         free(m);
         seterr(err, errlen, "out of memory");
         return DSEEK_ENOMEM;
+    }
+    if (cfg && (cfg->load < DSEEK_LOAD_POPULATE || cfg->load > DSEEK_LOAD_READ)) {
+        seterr(err, errlen, "unknown load mode %d", cfg->load);
+        free(m->dir);
+        free(m);
+        return DSEEK_EARG;
+    }
+    if (cfg) {
+        m->load = cfg->load;
+        m->lock = cfg->mlock;
     }
     if (cfg && cfg->quant) {
         if (cfg->quant != DSEEK_QUANT_Q8_0 && cfg->quant != DSEEK_QUANT_Q4_0) {

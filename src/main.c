@@ -72,6 +72,7 @@ typedef struct {
     const char *routing_out;  /* logits --routing-out FILE */
     int check_tensors;        /* --check-tensors: scan every weight for NaN/Inf at load */
     int quant;                /* --quant TYPE (quantize at load), quantize --type TYPE: DSEEK_QUANT_* */
+    int load, mlock;          /* --no-mmap / --lazy-mmap (DSEEK_LOAD_*), --mlock */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -152,6 +153,10 @@ static void usage(const char *cmd) {
     if (!cmd || strcmp(cmd, "tokenize"))
         fprintf(stderr, "  --check-tensors: read every weight at load and refuse NaN or Inf, naming the tensor\n"
                         "  (norms, router and bias are always checked; NaN or Inf logits are always an error)\n");
+    if (!cmd || (strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")))
+        fprintf(stderr, "  loading: the weights are mmapped and read in whole at start (default);\n"
+                        "  --lazy-mmap reads pages on first use instead (fast start, slow first tokens);\n"
+                        "  --no-mmap copies them into huge-page memory; --mlock keeps them from being swapped out\n");
 }
 
 static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
@@ -194,6 +199,9 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--draft")) { a->n_draft = (int)parse_long(f, v, 1, 8); i++; }
         else if (!strcmp(f, "--check-tensors") && strcmp(cmd, "tokenize")) a->check_tensors = 1;
         else if (!strcmp(f, "--quant") && strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
+        else if (!strcmp(f, "--no-mmap") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->load = DSEEK_LOAD_READ;
+        else if (!strcmp(f, "--lazy-mmap") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->load = DSEEK_LOAD_LAZY;
+        else if (!strcmp(f, "--mlock") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->mlock = 1;
         else if (!strcmp(f, "--type") && !strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
         else die_cmd("dseek %s: unknown option \"%s\" (see dseek %s --help)", cmd, f, cmd);
 #undef VAL
@@ -227,7 +235,7 @@ static dseek_model *open_model(const Args *a) {
     dseek_set_threads(a->threads);
     char err[1024];
     dseek_model *m;
-    dseek_load_cfg cfg = {.quant = a->quant, .progress = 1};
+    dseek_load_cfg cfg = {.quant = a->quant, .progress = 1, .load = a->load, .mlock = a->mlock};
     if (dseek_model_open_cfg(a->model, &cfg, &m, err, sizeof err) ||
         (a->check_tensors && dseek_model_check_tensors(m, err, sizeof err))) {
         fprintf(stderr, "dseek: %s\n", err);
