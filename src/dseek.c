@@ -1599,6 +1599,7 @@ int dseek_model_open(const char *dir, dseek_model **out, char *err, size_t errle
 int dseek_model_open_cfg(const char *dir, const dseek_load_cfg *cfg, dseek_model **out, char *err, size_t errlen) {
     *out = NULL;
     fp8_table_init();
+    openblas_set_num_threads(1); /* sgemm runs inside dseek's own parallel regions */
     if (qkernels_init(err, errlen)) return DSEEK_EARG;
     dseek_model *m = calloc(1, sizeof *m);
     if (!m || !(m->dir = strdup(dir))) {
@@ -1787,7 +1788,8 @@ void dseek_set_threads(int n) {
     if (n <= 0) n = omp_get_num_procs();
     omp_set_num_threads(n);
 #endif
-    if (n > 0) openblas_set_num_threads(n);
+    (void)n;
+    openblas_set_num_threads(1); /* sgemm runs inside dseek's own parallel regions */
 }
 
 /* Read bandwidth of this machine in bytes/s: the best of several parallel passes summing a
@@ -2242,20 +2244,25 @@ static void matmul(Scratch *sc, float *y, const float *x, const Tensor *w, int T
         }
         return;
     }
-    if (w->dtype == DT_F32) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)rows, (int)cols, 1.0f, x, (int)cols,
-                    (const float *)w->data, (int)cols, 0.0f, y, (int)rows);
-        return;
-    }
-    size_t block = sc->wbuf_len / cols;
-    if (block > rows) block = rows;
-    DS_ASSERT(block >= 1);
-    for (size_t r0 = 0; r0 < rows; r0 += block) {
-        size_t nr = r0 + block <= rows ? block : rows - r0;
-#pragma omp parallel for schedule(static)
-        for (size_t r = 0; r < nr; r++) tensor_row(w, r0 + r, sc->wbuf + r * cols);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)nr, (int)cols, 1.0f, x, (int)cols, sc->wbuf,
-                    (int)cols, 0.0f, y + r0, (int)rows);
+    /* Many tokens: each thread takes blocks of rows, converts them into its part of wbuf
+     * and multiplies them with a single-threaded sgemm (dseek_model_open keeps OpenBLAS to
+     * one thread: its own thread pool spinning beside OpenMP's made both crawl). */
+#pragma omp parallel
+    {
+        const size_t nth = (size_t)n_threads_in_team(), per = sc->wbuf_len / nth / cols;
+        float *buf = sc->wbuf + (size_t)thread_id() * per * cols;
+        DS_ASSERT(per >= 1);
+        const size_t block = per < 64 ? per : 64;
+#pragma omp for schedule(dynamic, 1)
+        for (size_t r0 = 0; r0 < rows; r0 += block) {
+            size_t nr = r0 + block <= rows ? block : rows - r0;
+            const float *wr = buf;
+            if (w->dtype == DT_F32) wr = (const float *)w->data + r0 * cols;
+            else
+                for (size_t r = 0; r < nr; r++) tensor_row(w, r0 + r, buf + r * cols);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)nr, (int)cols, 1.0f, x, (int)cols, wr,
+                        (int)cols, 0.0f, y + r0, (int)rows);
+        }
     }
 }
 
@@ -2301,8 +2308,8 @@ struct dseek_session {
     float *kvbh;              /* per thread: one head's rows of it [nope+v, R] */
     /* the int8 attention path (layers with kb_t) */
     float *lat;               /* [B, H, R] q_lat of each token and head, then its o_lat */
-    float *qblk;              /* [ATT_BLOCK, R + rope] queries of a block (attend_all_sgemm) */
-    float *scores;            /* [min(B, ATT_BLOCK), n_ctx] its scores */
+    float *qblk;              /* per thread [ATT_BLOCK, R + rope]: queries of a block (attend_all_sgemm) */
+    float *scores;            /* per thread [ATT_BLOCK, n_ctx]: their scores */
     QAct qlat;                /* per head, T rows: q_nope, then o_lat [H * B, R rounded up to 32] */
     Tensor *hw;               /* per head: views of its kb_t rows and its W_UV rows [2H] */
     QJob *hjobs;              /* [H] */
@@ -2425,13 +2432,11 @@ static void attend_head(dseek_session *s, const float *cache, const float *wuk, 
  * q_lat then its roped q_pe ([nq, R + rope], rows ldq apart); o_lat rows go ldo apart. */
 #define ATT_BLOCK 64
 static void attend_rows_sgemm(dseek_session *s, const float *cache, const float *q, size_t ldq, int nq, int p0,
-                              float *olat, size_t ldo) {
+                              float *olat, size_t ldo, float *S) {
     const Config *c = &s->m->c;
     const int R = c->kv_lora_rank, C = R + c->qk_rope_head_dim, N = p0 + nq;
-    float *S = s->scores;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, N, C, s->m->softmax_scale, q, (int)ldq, cache, C, 0.0f,
                 S, N);
-#pragma omp parallel for schedule(static)
     for (int i = 0; i < nq; i++) {
         float *row = S + (size_t)i * N, mx = -INFINITY, sum = 0;
         const int n = p0 + i + 1; /* causal */
@@ -2444,24 +2449,28 @@ static void attend_rows_sgemm(dseek_session *s, const float *cache, const float 
 }
 
 /* Every head of T >= SGEMM_MIN_TOKENS tokens through attend_rows_sgemm, in blocks of
- * ATT_BLOCK tokens: q_lat is read from s->lat ([T, H, R]) and o_lat written back there. */
+ * ATT_BLOCK tokens, (head, block) pairs in parallel: q_lat is read from s->lat ([T, H, R])
+ * and o_lat written back there. */
 static void attend_all_sgemm(dseek_session *s, const float *cache, int T, int pos) {
     const Config *c = &s->m->c;
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, qd = nope + rope, C = R + rope;
-    for (size_t h = 0; h < H; h++)
-        for (int t0 = 0; t0 < T; t0 += ATT_BLOCK) {
-            int nq = T - t0 < ATT_BLOCK ? T - t0 : ATT_BLOCK;
-#pragma omp parallel for schedule(static)
-            for (int i = 0; i < nq; i++) {
-                const size_t t = (size_t)(t0 + i);
-                float *qr = s->qblk + (size_t)i * C;
-                memcpy(qr, s->lat + (t * H + h) * R, R * sizeof(float));
-                memcpy(qr + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
-                rope_apply(qr + R, (int)rope, pos + (int)t, s->m->inv_freq, s->m->rope_mscale);
-            }
-            attend_rows_sgemm(s, cache, s->qblk, C, nq, pos + t0, s->lat + ((size_t)t0 * H + h) * R, H * R);
+    const size_t nblk = ((size_t)T + ATT_BLOCK - 1) / ATT_BLOCK;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t hb = 0; hb < H * nblk; hb++) {
+        const size_t h = hb % H, t0 = hb / H * ATT_BLOCK;
+        const int nq = (size_t)T - t0 < ATT_BLOCK ? (int)((size_t)T - t0) : ATT_BLOCK;
+        float *qb = s->qblk + (size_t)thread_id() * ATT_BLOCK * C;
+        for (int i = 0; i < nq; i++) {
+            const size_t t = t0 + (size_t)i;
+            float *qr = qb + (size_t)i * C;
+            memcpy(qr, s->lat + (t * H + h) * R, R * sizeof(float));
+            memcpy(qr + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
+            rope_apply(qr + R, (int)rope, pos + (int)t, s->m->inv_freq, s->m->rope_mscale);
         }
+        attend_rows_sgemm(s, cache, qb, C, nq, pos + (int)t0, s->lat + (t0 * H + h) * R, H * R,
+                          s->scores + (size_t)thread_id() * ATT_BLOCK * (size_t)s->n_ctx);
+    }
 }
 
 /* The heads of a layer whose kv_b is quantized (it has kb_t), for any number of tokens:
@@ -2571,10 +2580,12 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
          * as matrix products */
         const size_t qd = nope + rope;
         kv_b_rows(&ly->kv_b, 0, H * hrows, s->kvb);
+#pragma omp parallel for schedule(static)
         for (size_t h = 0; h < H; h++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, (int)R, (int)nope, 1.0f, s->q + h * qd,
                         (int)(H * qd), s->kvb + h * hrows * R, (int)R, 0.0f, s->lat + h * R, (int)(H * R));
         attend_all_sgemm(s, cache, T, pos);
+#pragma omp parallel for schedule(static)
         for (size_t h = 0; h < H; h++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)vd, (int)R, 1.0f, s->lat + h * R, (int)(H * R),
                         s->kvb + (h * hrows + nope) * R, (int)R, 0.0f, s->heads + h * vd, (int)(H * vd));
@@ -3007,7 +3018,7 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     size_t inter = m->max_inter ? m->max_inter : 1;
     s->sc.rowbuf_stride = m->max_in;
     s->sc.rowbuf = xcalloc((size_t)s->nth * m->max_in, sizeof(float));
-    s->sc.wbuf_len = m->max_in > (4u << 20) ? m->max_in : (4u << 20);
+    s->sc.wbuf_len = (size_t)s->nth * 64 * m->max_in; /* 64 converted rows per thread (matmul) */
     s->sc.wbuf = xcalloc(s->sc.wbuf_len, sizeof(float));
     const size_t in_p = round_up(m->max_in, QK);
     s->sc.qa.q = xcalloc(B * in_p, 1);
@@ -3025,8 +3036,8 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     int kbt = 0;
     for (size_t l = 0; l < nl; l++) kbt |= m->layers[l].kb_t.data != NULL;
     s->lat = xcalloc(B * H * R, sizeof(float));
-    s->qblk = xcalloc((size_t)ATT_BLOCK * (R + rope), sizeof(float));
-    s->scores = xcalloc((B < ATT_BLOCK ? B : ATT_BLOCK) * (size_t)n_ctx, sizeof(float));
+    s->qblk = xcalloc((size_t)s->nth * ATT_BLOCK * (R + rope), sizeof(float));
+    s->scores = xcalloc((size_t)s->nth * ATT_BLOCK * (size_t)n_ctx, sizeof(float));
     if (kbt) {
         const size_t mp = round_up(R > (size_t)c->qk_nope_head_dim ? R : (size_t)c->qk_nope_head_dim, QK);
         s->qlat = (QAct){xcalloc(H * B * mp, 1), xcalloc(H * B * mp / QK, sizeof(float)),
