@@ -2407,12 +2407,14 @@ struct dseek_session {
     size_t att_stride;
     float *gate, *up;         /* MLP activations [B, max_inter] */
     float *rlogits;           /* router scores [B, E] */
-    /* quantized experts of a few tokens (moe_experts_q): RA = min(B, 15) * (k + 1) rows */
+    /* quantized experts (moe_experts_q): RA = min(B, MOE_CHUNK) * (k + 1) rows */
     QAct qx;                  /* inputs gathered per expert [RA, D rounded up to 32] */
     QAct qh;                  /* hidden states [RA, max_inter rounded up], a region per expert */
     float *hg, *hu;           /* gate and up outputs [RA, max_inter] */
     float *hy;                /* expert outputs [RA, D] */
     int *hslot;               /* the token * k + slot of each row [RA] (-1: shared expert) */
+    int *hjob;                /* the job (expert) of each row [RA] */
+    int *tcount, *trows;      /* per token its routed rows, in expert order [BT], [BT, k] */
     const MLP **jmlp;         /* per job: the expert, its first row, its rows [E + 1] */
     int *jrow, *jn;
     QJob *qjobs;              /* [2 * (E + 1)] */
@@ -2766,19 +2768,20 @@ static int mlp_is_quant(const MLP *f) {
     return is_quant(f->gate.dtype) && is_quant(f->up.dtype) && is_quant(f->down.dtype);
 }
 
-/* The experts of a MoE block for T < SGEMM_MIN_TOKENS tokens when their weights are
- * quantized: the same sums as the loop in moe_forward (per token the shared expert, then
- * the chosen experts in increasing order), with the gate and up products of every expert
- * in one parallel region and all the down products in a second, instead of three regions
- * per expert. x is quantized once; each expert's rows are copied out of it. Returns 0
- * (and does nothing) if some weight involved is not quantized. */
-static int moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, float *y, int T) {
+/* The experts of a MoE block when their weights are quantized, for T <= MOE_CHUNK tokens:
+ * the same sums as the loop in moe_forward (per token the shared expert, then the chosen
+ * experts in increasing order), with the gate and up products of every expert in one
+ * parallel region and all the down products in a second, instead of three regions per
+ * expert (in decode a MoE layer is a dozen small products; in prefill this also balances
+ * experts with few tokens across threads). x is quantized once; each expert's rows are
+ * copied out of it. The shared expert and every chosen one must be quantized. */
+#define MOE_CHUNK 256
+static void moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, float *y, int T, const int *topk,
+                          const float *topw) {
     const Config *c = &s->m->c;
     const size_t D = (size_t)c->hidden_size, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
     const size_t Is = s->m->max_inter, Ip = round_up(Is, QK);
-    if (c->n_shared_experts && !mlp_is_quant(&ly->shared)) return 0;
-    for (int i = 0; i < T * (int)k; i++)
-        if (!mlp_is_quant(&ly->experts[s->topk[i]])) return 0;
+    DS_ASSERT(T <= MOE_CHUNK);
     QAct *qa = &s->sc.qa;
     qact_quantize(qa, xn, D, T);
     s->qx.cols_p = qa->cols_p;
@@ -2790,11 +2793,12 @@ static int moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, flo
         int n = 0;
         for (int t = 0; t < T && f; t++)
             for (size_t i = 0; i < (e ? k : 1); i++)
-                if (!e || s->topk[(size_t)t * k + i] == (int)e - 1) {
+                if (!e || topk[(size_t)t * k + i] == (int)e - 1) {
                     memcpy(s->qx.q + (size_t)(rows + n) * qa->cols_p, qa->q + (size_t)t * qa->cols_p, qa->cols_p);
                     memcpy(s->qx.d + (size_t)(rows + n) * qa->nb, qa->d + (size_t)t * qa->nb, qa->nb * sizeof(float));
                     memcpy(s->qx.s + (size_t)(rows + n) * qa->nb, qa->s + (size_t)t * qa->nb, qa->nb * sizeof(int32_t));
                     s->hslot[rows + n] = e ? t * (int)k + (int)i : -1;
+                    s->hjob[rows + n] = nj;
                     n++;
                 }
         if (!n) continue;
@@ -2811,29 +2815,44 @@ static int moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, flo
         s->qjobs[2 * j + 1] = (QJob){&s->jmlp[j]->up, a, s->jn[j], s->hu + (size_t)s->jrow[j] * Is, Is};
     }
     qmatmul_jobs(s->qjobs, 2 * nj, s->qfirst);
-    /* silu(gate) * up, quantized for the down products (each expert its own region of qh) */
+    /* silu(gate) * up of every row, quantized for the down products (row r of qh) */
+#pragma omp parallel for schedule(static) if (rows > 8)
+    for (int r = 0; r < rows; r++) {
+        /* expert j's rows go to its own region of qh, at the stride of its width I */
+        const int j = s->hjob[r];
+        const size_t I = s->jmlp[j]->gate.rows, Ipj = round_up(I, QK), r0 = (size_t)s->jrow[j], i0 = (size_t)r - r0;
+        float *g = s->hg + (size_t)r * Is, *u = s->hu + (size_t)r * Is;
+        for (size_t i = 0; i < I; i++) g[i] = silu(g[i]) * u[i];
+        QAct h = {s->qh.q + r0 * Ip + i0 * Ipj, s->qh.d + r0 * (Ip / QK) + i0 * (Ipj / QK),
+                  s->qh.s + r0 * (Ip / QK) + i0 * (Ipj / QK), 0, 0};
+        qact_quantize_ld(&h, g, Is, I, 1);
+    }
     for (int j = 0; j < nj; j++) {
-        const size_t I = s->jmlp[j]->gate.rows;
-        float *g = s->hg + (size_t)s->jrow[j] * Is, *u = s->hu + (size_t)s->jrow[j] * Is;
-        for (int t = 0; t < s->jn[j]; t++)
-            for (size_t i = 0; i < I; i++) g[(size_t)t * Is + i] = silu(g[(size_t)t * Is + i]) * u[(size_t)t * Is + i];
-        QAct h = {s->qh.q + (size_t)s->jrow[j] * Ip, s->qh.d + (size_t)s->jrow[j] * (Ip / QK),
-                  s->qh.s + (size_t)s->jrow[j] * (Ip / QK), 0, 0};
-        qact_quantize_ld(&h, g, Is, I, s->jn[j]);
-        s->qjobs[j] = (QJob){&s->jmlp[j]->down, h, s->jn[j], s->hy + (size_t)s->jrow[j] * D, D};
+        const size_t I = s->jmlp[j]->gate.rows, r0 = (size_t)s->jrow[j];
+        QAct h = {s->qh.q + r0 * Ip, s->qh.d + r0 * (Ip / QK), s->qh.s + r0 * (Ip / QK), round_up(I, QK),
+                  round_up(I, QK) / QK};
+        s->qjobs[j] = (QJob){&s->jmlp[j]->down, h, s->jn[j], s->hy + r0 * D, D};
     }
     qmatmul_jobs(s->qjobs, nj, s->qfirst);
-    /* y = shared + sum of w * expert, in moe_forward's order */
-    if (!c->n_shared_experts) memset(y, 0, (size_t)T * D * sizeof(float));
-    for (int r = 0; r < rows; r++) {
-        const float *ye = s->hy + (size_t)r * D;
-        if (s->hslot[r] < 0) { memcpy(y + (size_t)r * D, ye, D * sizeof(float)); continue; } /* shared: row r is token r */
-        int t = s->hslot[r] / (int)k;
-        float w = s->topw[s->hslot[r]];
+    /* y = shared + sum of w * expert, per token in moe_forward's order (rows are in
+     * increasing expert order, so each token's list below is too) */
+    for (int t = 0; t < T; t++) s->tcount[t] = 0;
+    for (int r = 0; r < rows; r++)
+        if (s->hslot[r] >= 0) {
+            int t = s->hslot[r] / (int)k;
+            s->trows[(size_t)t * k + (size_t)s->tcount[t]++] = r;
+        }
+#pragma omp parallel for schedule(static) if (T > 1)
+    for (int t = 0; t < T; t++) {
         float *yt = y + (size_t)t * D;
-        for (size_t i = 0; i < D; i++) yt[i] += w * ye[i];
+        if (c->n_shared_experts) memcpy(yt, s->hy + (size_t)t * D, D * sizeof(float)); /* shared: row t is token t */
+        else memset(yt, 0, D * sizeof(float));
+        for (int i = 0; i < s->tcount[t]; i++) {
+            const int r = s->trows[(size_t)t * k + (size_t)i];
+            const float w = topw[s->hslot[r]], *ye = s->hy + (size_t)r * D;
+            for (size_t d = 0; d < D; d++) yt[d] += w * ye[d];
+        }
     }
-    return 1;
 }
 
 /* MoE block: y = sum_i w_i Expert_i(x) + Shared(x). Tokens are grouped by expert so that each
@@ -2851,7 +2870,15 @@ static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int
     if (s->route_log && pos + T <= s->route_n)
         memcpy(s->route_log + ((size_t)li * (size_t)s->route_n + (size_t)pos) * k, s->topk, (size_t)T * k * sizeof(int));
 
-    if (T < SGEMM_MIN_TOKENS && moe_experts_q(s, ly, xn, y, T)) return;
+    /* quantized experts: chunks of up to MOE_CHUNK tokens through moe_experts_q */
+    int allq = !c->n_shared_experts || mlp_is_quant(&ly->shared);
+    for (int i = 0; i < T * (int)k && allq; i++) allq = mlp_is_quant(&ly->experts[s->topk[i]]);
+    if (allq) {
+        for (int t0 = 0; t0 < T; t0 += MOE_CHUNK)
+            moe_experts_q(s, ly, xn + (size_t)t0 * D, y + (size_t)t0 * D, T - t0 < MOE_CHUNK ? T - t0 : MOE_CHUNK,
+                          s->topk + (size_t)t0 * k, s->topw + (size_t)t0 * k);
+        return;
+    }
     if (c->n_shared_experts) mlp_forward(s, &ly->shared, xn, y, T);
     else memset(y, 0, (size_t)T * D * sizeof(float));
 
@@ -3072,6 +3099,9 @@ void dseek_session_free(dseek_session *s) {
     free(s->hu);
     free(s->hy);
     free(s->hslot);
+    free(s->hjob);
+    free(s->tcount);
+    free(s->trows);
     free(s->jmlp);
     free(s->jrow);
     free(s->jn);
@@ -3141,7 +3171,7 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->up = xcalloc(B * inter, sizeof(float));
     s->rlogits = xcalloc(B * (E ? E : 1), sizeof(float));
     {
-        const size_t RA = (B < SGEMM_MIN_TOKENS - 1 ? B : SGEMM_MIN_TOKENS - 1) * (k + 1), Dp = round_up(D, QK);
+        const size_t BT = B < MOE_CHUNK ? B : MOE_CHUNK, RA = BT * (k + 1), Dp = round_up(D, QK);
         const size_t Ip = round_up(inter, QK);
         s->qx = (QAct){xcalloc(RA * Dp, 1), xcalloc(RA * Dp / QK, sizeof(float)), xcalloc(RA * Dp / QK, sizeof(int32_t)), 0, 0};
         s->qh = (QAct){xcalloc(RA * Ip, 1), xcalloc(RA * Ip / QK, sizeof(float)), xcalloc(RA * Ip / QK, sizeof(int32_t)), 0, 0};
@@ -3149,6 +3179,9 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
         s->hu = xcalloc(RA * inter, sizeof(float));
         s->hy = xcalloc(RA * D, sizeof(float));
         s->hslot = xcalloc(RA, sizeof(int));
+        s->hjob = xcalloc(RA, sizeof(int));
+        s->tcount = xcalloc(BT, sizeof(int));
+        s->trows = xcalloc(BT * (k ? k : 1), sizeof(int));
         s->jmlp = xcalloc(E + 1, sizeof *s->jmlp);
         s->jrow = xcalloc(E + 1, sizeof(int));
         s->jn = xcalloc(E + 1, sizeof(int));
@@ -3166,7 +3199,7 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->xcat = xcalloc(B * 2 * D, sizeof(float));
     s->cache = xcalloc(nl * (size_t)n_ctx * (R + rope), sizeof(float));
     if (!s->sc.rowbuf || !s->sc.wbuf || !s->sc.qa.q || !s->sc.qa.d || !s->sc.qa.s || !s->qx.q || !s->qx.d ||
-        !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->jmlp ||
+        !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->hjob || !s->tcount || !s->trows || !s->jmlp ||
         !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         !s->kvb || !s->kvbh || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
         !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache ||
