@@ -1377,8 +1377,9 @@ static void traffic_model(dseek_model *m) {
     const Config *c = &m->c;
     int moe = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) moe += m->layers[l].is_moe;
-    m->bytes_expert = c->n_routed_experts ? mlp_bytes(&m->layers[c->num_hidden_layers > c->first_k_dense_replace
-                                                                    ? c->first_k_dense_replace : 0].experts[0]) : 0;
+    m->bytes_expert = 0; /* from the first MoE layer, which may be an MTP layer (or none) */
+    for (int l = 0; l < c->num_hidden_layers + m->info.n_mtp; l++)
+        if (m->layers[l].is_moe) { m->bytes_expert = mlp_bytes(&m->layers[l].experts[0]); break; }
     m->bytes_fixed = m->info.decode_bytes_per_token - (size_t)moe * (size_t)c->num_experts_per_tok * m->bytes_expert;
     if (m->info.n_mtp) {
         const Layer *ly = &m->layers[c->num_hidden_layers];
