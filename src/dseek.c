@@ -694,7 +694,8 @@ static int st_quant_meta(const char *path, const cJSON *h, TensorTable *qm, char
             seterr(err, errlen, "%s: %s: unknown block type \"%s\" (dseek knows q8_0, q4_0)", path, name, ty);
             return DSEEK_EFORMAT;
         }
-        if (r < 1 || c < 1 || r > (1ull << 32) || c > (1ull << 32)) {
+        /* at most 2^50 elements, as for any safetensors shape: the byte count then fits */
+        if (r < 1 || c < 1 || r > (1ull << 32) || c > (1ull << 32) || r > (1ull << 50) / c) {
             seterr(err, errlen, "%s: %s: logical shape [%llu,%llu] is not valid", path, name, r, c);
             return DSEEK_EFORMAT;
         }
