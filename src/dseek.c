@@ -5478,6 +5478,13 @@ static int qitem_order(const void *a, const void *b) {
     return kx != ky ? kx - ky : (x->idx < y->idx ? -1 : x->idx > y->idx);
 }
 
+/* 1 if dseek quantize quantizes this tensor: a matrix quant_target names, with a logical
+ * shape the loader accepts (st_quant_meta); an empty one is carried over as it is. */
+static int quantizes(const TensorEntry *e) {
+    return e->ndim == 2 && e->shape[0] >= 1 && e->shape[1] >= 1 && e->shape[0] <= (1ull << 32) &&
+           e->shape[1] <= (1ull << 32) && quant_target(e->name);
+}
+
 static int copy_file(const char *from, const char *to) {
     size_t n;
     char *text = read_file(from, &n, (size_t)1 << 30);
@@ -5530,7 +5537,7 @@ int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress
         TensorEntry *e = &m->tt.v[i];
         it[i].e = e;
         it[i].idx = i;
-        it[i].kind = e->ndim == 2 && quant_target(e->name) ? QW_QUANT : QW_COPY;
+        it[i].kind = quantizes(e) ? QW_QUANT : QW_COPY;
         if (it[i].kind == QW_QUANT) it[i].bytes = round_up(qtensor_bytes(dt, e->shape[0], e->shape[1]), 64);
         else it[i].bytes = e->nbytes;
     }
@@ -5540,7 +5547,7 @@ int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress
         char base[600];
         snprintf(base, sizeof base, "%.*s", (int)(k - 10), it[i].e->name);
         TensorEntry *b = table_get(&m->tt, base);
-        if (b && b->dtype == DT_F8 && b->ndim == 2 && quant_target(base)) it[i].kind = QW_DROP;
+        if (b && b->dtype == DT_F8 && quantizes(b)) it[i].kind = QW_DROP;
     }
     for (size_t i = 0; i < n; i++)
         if (it[i].kind == QW_COPY && it[i].e->dtype != DT_F32 && it[i].e->dtype != DT_BF16 && it[i].e->dtype != DT_F16) {

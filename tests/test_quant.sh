@@ -309,5 +309,26 @@ qerr "missing model" "config.json: cannot read" -m "$tmp/nothing" -o "$tmp/o1" -
 mkdir -p "$tmp/ro"; cp "$tmp/v2/config.json" "$tmp/ro/"; echo '{"weight_map": {}}' >"$tmp/ro/model.safetensors.index.json"
 qerr "into a sharded model's folder" "already holds a sharded model" -m "$tmp/v2" -o "$tmp/ro" --type q8_0
 
+# what quantize writes from any model that opens must open again. qround NAME PYTHON-EDIT:
+# edit the header of a copy of v2 (h: tensors, end: the data size; set tail to append data)
+qround() {
+  local name=$1 edit=$2 d=$tmp/qr_$1
+  mkdir -p "$d"; cp "$tmp/v2/config.json" "$d/"
+  $PY - "$tmp/v2/model.safetensors" "$d/model.safetensors" <<PYEOF
+import json, struct, sys
+f = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", f[:8])[0]
+h = json.loads(f[8:8 + n]); end = len(f) - 8 - n; tail = b""
+$edit
+b = json.dumps(h).encode()
+b += b" " * (-(8 + len(b)) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(b)) + b + f[8 + n:] + tail)
+PYEOF
+  if ! ./dseek quantize -m "$d" -o "$d.q" --type q8_0 2>"$tmp/err" >/dev/null; then bad "quantize $name: $(cat "$tmp/err")"
+  elif ./dseek logits -m "$d.q" --tokens 0,1 -o "$tmp/x.npy" 2>"$tmp/err"; then ok "quantize $name: the output opens"
+  else bad "quantize $name: the output does not open: $(cut -c1-300 "$tmp/err")"; fi
+}
+qround empty_matrix 'h["extra.o_proj.weight"] = {"dtype": "BF16", "shape": [0, 5], "data_offsets": [end, end]}'
+
 echo "test_quant: $pass passed, $fail failed"
 [ $fail -eq 0 ]
