@@ -5571,9 +5571,11 @@ int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress
     for (size_t i = 0; i < n; i++)
         if (it[i].kind == QW_QUANT) {
             sb_printf(&h, ",");
-            char key[700];
-            snprintf(key, sizeof key, "dseek.q.%s", it[i].e->name);
-            sb_json_str(&h, key);
+            SBuf key = {0}; /* names have no length limit */
+            sb_printf(&key, "dseek.q.%s", it[i].e->name);
+            if (key.oom) h.oom = 1;
+            else sb_json_str(&h, key.p);
+            free(key.p);
             sb_printf(&h, ":\"%s [%llu,%llu]\"", dtype_name(dt), (unsigned long long)it[i].e->shape[0],
                       (unsigned long long)it[i].e->shape[1]);
         }

@@ -329,6 +329,7 @@ PYEOF
   else bad "quantize $name: the output does not open: $(cut -c1-300 "$tmp/err")"; fi
 }
 qround empty_matrix 'h["extra.o_proj.weight"] = {"dtype": "BF16", "shape": [0, 5], "data_offsets": [end, end]}'
+qround long_name 'h["x" * 1000 + ".o_proj.weight"] = {"dtype": "BF16", "shape": [2, 4], "data_offsets": [end, end + 16]}; tail = bytes(16)'
 
 echo "test_quant: $pass passed, $fail failed"
 [ $fail -eq 0 ]
