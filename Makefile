@@ -59,7 +59,7 @@ asan-test:
 # Built without OpenMP: one thread, deterministic. Fails if any target crashes.
 FUZZ_SECONDS ?= 30
 FUZZ_CC      ?= clang
-FUZZ_TARGETS := safetensors config tokenizer tokenizer_json chat
+FUZZ_TARGETS := safetensors config quant_header tokenizer tokenizer_json chat
 FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=undefined -std=c11 -Wall -Wextra -Wno-unknown-pragmas -Iinclude $(PKG_CFLAGS)
 
