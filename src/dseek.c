@@ -695,7 +695,8 @@ static int st_quant_meta(const char *path, const cJSON *h, TensorTable *qm, char
             seterr(err, errlen, "%s: %s: unknown block type \"%s\" (dseek knows q8_0, q4_0)", path, name, ty);
             return DSEEK_EFORMAT;
         }
-        if (r < 1 || c < 1 || r > (1ull << 32) || c > (1ull << 32)) {
+        /* at most 2^50 elements, as for any safetensors shape: the byte count then fits */
+        if (r < 1 || c < 1 || r > (1ull << 32) || c > (1ull << 32) || r > (1ull << 50) / c) {
             seterr(err, errlen, "%s: %s: logical shape [%llu,%llu] is not valid", path, name, r, c);
             return DSEEK_EFORMAT;
         }
@@ -1470,8 +1471,9 @@ static void traffic_model(dseek_model *m) {
     const Config *c = &m->c;
     int moe = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) moe += m->layers[l].is_moe;
-    m->bytes_expert = c->n_routed_experts ? mlp_bytes(&m->layers[c->num_hidden_layers > c->first_k_dense_replace
-                                                                    ? c->first_k_dense_replace : 0].experts[0]) : 0;
+    m->bytes_expert = 0; /* from the first MoE layer, which may be an MTP layer (or none) */
+    for (int l = 0; l < c->num_hidden_layers + m->info.n_mtp; l++)
+        if (m->layers[l].is_moe) { m->bytes_expert = mlp_bytes(&m->layers[l].experts[0]); break; }
     m->bytes_fixed = m->info.decode_bytes_per_token - (size_t)moe * (size_t)c->num_experts_per_tok * m->bytes_expert;
     if (m->info.n_mtp) {
         const Layer *ly = &m->layers[c->num_hidden_layers];
@@ -5911,6 +5913,13 @@ static int qitem_order(const void *a, const void *b) {
     return kx != ky ? kx - ky : (x->idx < y->idx ? -1 : x->idx > y->idx);
 }
 
+/* 1 if dseek quantize quantizes this tensor: a matrix quant_target names, with a logical
+ * shape the loader accepts (st_quant_meta); an empty one is carried over as it is. */
+static int quantizes(const TensorEntry *e) {
+    return e->ndim == 2 && e->shape[0] >= 1 && e->shape[1] >= 1 && e->shape[0] <= (1ull << 32) &&
+           e->shape[1] <= (1ull << 32) && quant_target(e->name);
+}
+
 static int copy_file(const char *from, const char *to) {
     size_t n;
     char *text = read_file(from, &n, (size_t)1 << 30);
@@ -5963,7 +5972,7 @@ int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress
         TensorEntry *e = &m->tt.v[i];
         it[i].e = e;
         it[i].idx = i;
-        it[i].kind = e->ndim == 2 && quant_target(e->name) ? QW_QUANT : QW_COPY;
+        it[i].kind = quantizes(e) ? QW_QUANT : QW_COPY;
         if (it[i].kind == QW_QUANT) it[i].bytes = round_up(qtensor_bytes(dt, e->shape[0], e->shape[1]), 64);
         else it[i].bytes = e->nbytes;
     }
@@ -5973,7 +5982,7 @@ int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress
         char base[600];
         snprintf(base, sizeof base, "%.*s", (int)(k - 10), it[i].e->name);
         TensorEntry *b = table_get(&m->tt, base);
-        if (b && b->dtype == DT_F8 && b->ndim == 2 && quant_target(base)) it[i].kind = QW_DROP;
+        if (b && b->dtype == DT_F8 && quantizes(b)) it[i].kind = QW_DROP;
     }
     for (size_t i = 0; i < n; i++)
         if (it[i].kind == QW_COPY && it[i].e->dtype != DT_F32 && it[i].e->dtype != DT_BF16 && it[i].e->dtype != DT_F16) {
@@ -5997,9 +6006,11 @@ int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress
     for (size_t i = 0; i < n; i++)
         if (it[i].kind == QW_QUANT) {
             sb_printf(&h, ",");
-            char key[700];
-            snprintf(key, sizeof key, "dseek.q.%s", it[i].e->name);
-            sb_json_str(&h, key);
+            SBuf key = {0}; /* names have no length limit */
+            sb_printf(&key, "dseek.q.%s", it[i].e->name);
+            if (key.oom) h.oom = 1;
+            else sb_json_str(&h, key.p);
+            free(key.p);
             sb_printf(&h, ":\"%s [%llu,%llu]\"", dtype_name(dt), (unsigned long long)it[i].e->shape[0],
                       (unsigned long long)it[i].e->shape[1]);
         }
