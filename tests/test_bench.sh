@@ -21,7 +21,11 @@ def check(cond, what):
     passed += bool(cond); failed += not cond
 info = rows[0]
 tests = {r["test"]: r for r in rows[1:]}
-check(set(tests) == {"pp16", "tg8", "tg8_mtp", "mtp_cost"}, f"results: {sorted(tests)}")
+check(set(tests) == {"pp16", "pp16_parts", "tg8", "tg8_parts", "tg8_mtp", "mtp_cost"}, f"results: {sorted(tests)}")
+tp = tests["tg8_parts"]
+parts = tp["attention_ms"] + tp["dense_mlp_ms"] + tp["moe_ms"] + tp["lm_head_ms"]
+check(0 < parts <= tp["ms_per_token"] * 1.001 and tp["experts_per_moe_layer"] == 4,
+      f"decode time split: parts {parts:.3f} ms within {tp['ms_per_token']:.3f} ms per token, 4 experts per MoE layer")
 check(all(tests[t]["tokens_per_s"] > 0 for t in ("pp16", "tg8", "tg8_mtp")), "positive speeds")
 check(info["bandwidth_gbs"] > 0 and info["peak_rss_mib"] > 0, "bandwidth and memory measured")
 check(tests["mtp_cost"]["verify_over_forward"] > 0 and tests["mtp_cost"]["experts_per_moe_layer_1tok"] == 4,
