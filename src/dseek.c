@@ -2298,13 +2298,13 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
     for (int t = 0; t < NT; t++) _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ys, (__mmask16)((1u << nr) - 1), acc[t]);
 }
 
-/* Q4_K with VNNI: per tile, each sub-block's 16 scales and mins come from two 16-byte
- * loads (widened to 32-bit lanes, once for all tokens); the quants go as Q4_0's, without
- * the -8 (vpdpbusd takes the 0..15 nibbles as they are). */
+/* Q4_K with VNNI: per tile, the 6-bit scales and mins of all 8 sub-blocks are unpacked to
+ * bytes with a few 512-bit operations, and each sub-block's 16 are widened to 32-bit lanes
+ * and multiplied by d / dmin once for all tokens; the quants go as Q4_0's, without the -8
+ * (vpdpbusd takes the 0..15 nibbles as they are). */
 static inline __attribute__((always_inline)) AVX512_TARGET void
 q4k_avx512_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
     const __m512i lo4 = _mm512_set1_epi8(0x0f), hi4 = _mm512_set1_epi8((char)0xf0);
-    const __m512i m15 = _mm512_set1_epi32(15), m3 = _mm512_set1_epi32(3), m12 = _mm512_set1_epi32(12);
     __m512 accq[4], accm[4];
     const int8_t *xq[4];
     const float *xd[4];
@@ -2320,13 +2320,23 @@ q4k_avx512_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, f
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl));
         const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + 32)));
         const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
+        /* the tile's 128 scales and 128 mins as bytes, sub-block j's 16 at byte 16 (j % 4)
+         * of scm[j / 4] (scales) and scm[2 + j / 4] (mins) */
+        uint8_t scm[4][64] __attribute__((aligned(64)));
+        {
+            const __m512i a0 = _mm512_loadu_si512(tl + 64), a1 = _mm512_loadu_si512(tl + 128);
+            const __m512i h = _mm512_loadu_si512(tl + 192), b45 = _mm512_set1_epi8(0x30);
+            _mm512_store_si512(scm[0], _mm512_or_si512(_mm512_and_si512(a0, lo4), _mm512_and_si512(_mm512_slli_epi16(h, 4), b45)));
+            _mm512_store_si512(scm[1], _mm512_or_si512(_mm512_and_si512(a1, lo4), _mm512_and_si512(h, b45)));
+            _mm512_store_si512(scm[2], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a0, 4), lo4),
+                                                       _mm512_and_si512(_mm512_slli_epi16(h, 2), b45)));
+            _mm512_store_si512(scm[3], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a1, 4), lo4),
+                                                       _mm512_and_si512(_mm512_srli_epi16(h, 2), b45)));
+        }
         for (int j = 0; j < ns; j++) {
             const size_t b = b0 + (size_t)j;
-            __m512i lo = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + 64 + 16 * j)));
-            __m512i hi = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(tl + 192 + 16 * (j % 4))));
-            hi = j < 4 ? hi : _mm512_srli_epi32(hi, 4);
-            __m512i sc = _mm512_or_si512(_mm512_and_si512(lo, m15), _mm512_slli_epi32(_mm512_and_si512(hi, m3), 4));
-            __m512i mm = _mm512_or_si512(_mm512_srli_epi32(lo, 4), _mm512_slli_epi32(_mm512_and_si512(hi, m12), 2));
+            __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[j / 4] + 16 * (j % 4))));
+            __m512i mm = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[2 + j / 4] + 16 * (j % 4))));
             const __m512 ds = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc)), dm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mm));
             const uint8_t *p = tl + 256 + 256 * j;
             __m512i il[4], ih[4];
@@ -2447,12 +2457,11 @@ qgroup_avx2_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, const 
     }
 }
 
-/* Q4_K with AVX2: the quants as Q4_0's (0..15 through vpmaddubsw), each sub-block's
- * scales and mins widened from 8-byte loads per half. */
+/* Q4_K with AVX2: the quants as Q4_0's (0..15 through vpmaddubsw), the scales and mins
+ * unpacked as in q4k_avx512_n and widened 8 rows at a time. */
 static inline __attribute__((always_inline)) AVX2_TARGET void
 q4k_avx2_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
     const __m256i ones = _mm256_set1_epi16(1), lo4 = _mm256_set1_epi8(15);
-    const __m256i m15 = _mm256_set1_epi32(15), m3 = _mm256_set1_epi32(3), m12 = _mm256_set1_epi32(12);
     __m256 accq[2][2], accm[2][2];
     const int8_t *xq[2];
     const float *xd[2];
@@ -2471,15 +2480,26 @@ q4k_avx2_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, flo
             dmin[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(tl + 32 + 16 * h)));
         }
         const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
+        /* the tile's scales and mins as bytes, as in q4k_avx512_n */
+        uint8_t scm[4][64] __attribute__((aligned(32)));
+        for (int i = 0; i < 64; i += 32) {
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(tl + 64 + i));
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(tl + 128 + i));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(tl + 192 + i)), b45 = _mm256_set1_epi8(0x30);
+            _mm256_store_si256((__m256i *)(scm[0] + i),
+                               _mm256_or_si256(_mm256_and_si256(a0, lo4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), b45)));
+            _mm256_store_si256((__m256i *)(scm[1] + i), _mm256_or_si256(_mm256_and_si256(a1, lo4), _mm256_and_si256(hb, b45)));
+            _mm256_store_si256((__m256i *)(scm[2] + i), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a0, 4), lo4),
+                                                                        _mm256_and_si256(_mm256_slli_epi16(hb, 2), b45)));
+            _mm256_store_si256((__m256i *)(scm[3] + i), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a1, 4), lo4),
+                                                                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), b45)));
+        }
         for (int j = 0; j < ns; j++) {
             const size_t b = b0 + (size_t)j;
             __m256 ds[2], dm[2];
             for (int h = 0; h < 2; h++) {
-                __m256i lo = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(tl + 64 + 16 * j + 8 * h)));
-                __m256i hi = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(tl + 192 + 16 * (j % 4) + 8 * h)));
-                hi = j < 4 ? hi : _mm256_srli_epi32(hi, 4);
-                __m256i sc = _mm256_or_si256(_mm256_and_si256(lo, m15), _mm256_slli_epi32(_mm256_and_si256(hi, m3), 4));
-                __m256i mm = _mm256_or_si256(_mm256_srli_epi32(lo, 4), _mm256_slli_epi32(_mm256_and_si256(hi, m12), 2));
+                __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(scm[j / 4] + 16 * (j % 4) + 8 * h)));
+                __m256i mm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(scm[2 + j / 4] + 16 * (j % 4) + 8 * h)));
                 ds[h] = _mm256_mul_ps(d[h], _mm256_cvtepi32_ps(sc));
                 dm[h] = _mm256_mul_ps(dmin[h], _mm256_cvtepi32_ps(mm));
             }
