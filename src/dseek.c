@@ -147,8 +147,10 @@ static uint16_t f32_to_f16(float f) {
  *   Q8_0, then 512 bytes:  byte 32 + 64k + 4r + i = q of row r, column 4k + i     (k < 8, i < 4)
  *   Q4_0, then 256 bytes:  byte 32 + 64k + 4r + i = q of row r, column 4k + i      (low nibble)
  *                                                   | q of row r, column 16+4k+i << 4 (high)
- * Q4_K tiles are 16 rows x 256 columns (ceil(cols/256) per row group, the last one padded
- * with zero columns, whose sub-blocks have sc = m = 0 and q = 0), 2304 bytes:
+ * Q4_K tiles are 16 rows x 256 columns, 2304 bytes, ceil(cols/256) per row group; the last
+ * one, when cols is not a multiple of 256, holds only the sub-blocks that have columns
+ * (ceil(cols/32) % 8 of them: 256 + 256 * that many bytes; the sc and m of the others are 0),
+ * and the last sub-block is padded with zero columns:
  *   bytes   0..31   d[r]     (half)
  *   bytes  32..63   dmin[r]  (half)
  *   bytes  64..191  byte 64 + 16j + r = (sc[r][j] & 15) | (m[r][j] & 15) << 4   (sub-block j < 8)
@@ -178,8 +180,13 @@ enum { Q8_TILE = 32 + QR * QK, Q4_TILE = 32 + QR * QK / 2, Q4K_TILE = 256 + QR *
 static int is_quant(int dt) { return dt == DT_Q8_0 || dt == DT_Q4_0 || dt == DT_Q4_K; }
 static size_t qtile_bytes(int dt) { return dt == DT_Q8_0 ? Q8_TILE : dt == DT_Q4_0 ? Q4_TILE : Q4K_TILE; }
 static size_t qtile_cols(int dt) { return dt == DT_Q4_K ? QKK : QK; }
-/* bytes of one row group of a quantized matrix with `cols` columns */
-static size_t qgroup_bytes(int dt, size_t cols) { return (cols + qtile_cols(dt) - 1) / qtile_cols(dt) * qtile_bytes(dt); }
+/* bytes of one row group of a quantized matrix with `cols` columns (Q4_K: the last tile
+ * cut after its last sub-block) */
+static size_t qgroup_bytes(int dt, size_t cols) {
+    if (dt != DT_Q4_K) return (cols + QK - 1) / QK * qtile_bytes(dt);
+    const size_t rest = (cols % QKK + QK - 1) / QK;
+    return cols / QKK * Q4K_TILE + (rest ? 256 + 256 * rest : 0);
+}
 /* bytes of a quantized [rows, cols] matrix, without the file's padding */
 static size_t qtensor_bytes(int dt, size_t rows, size_t cols) { return (rows + QR - 1) / QR * qgroup_bytes(dt, cols); }
 
@@ -411,15 +418,19 @@ static void q4k_scale_min(const uint8_t *t, int j, int r, int *sc, int *m) {
 
 static float half_at(const uint8_t *p, int i) { return f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8)); }
 
-/* Q4_K row groups: x holds 16 rows of cols_p floats (cols_p a multiple of 256). */
+/* A Q4_K row group: x holds 16 rows of cols_p floats (cols_p a multiple of 32); the last
+ * tile gets only the sub-blocks that have columns. */
 static int quant_group_q4k(const float *x, size_t cols_p, uint8_t *out) {
-    for (size_t sb = 0; sb < cols_p / QKK; sb++) {
+    for (size_t sb = 0; sb * QKK < cols_p; sb++) {
         uint8_t *t = out + sb * Q4K_TILE;
+        const size_t n = cols_p - sb * QKK < QKK ? cols_p - sb * QKK : QKK;
         memset(t + 192, 0, 64);
         for (int r = 0; r < QR; r++) {
             uint16_t d, dmin;
             uint8_t sc[QKS], m[QKS], q[QKK];
-            if (q4_k_superblock(x + (size_t)r * cols_p + sb * QKK, &d, &dmin, sc, m, q)) return -1;
+            float xs[QKK] = {0};
+            memcpy(xs, x + (size_t)r * cols_p + sb * QKK, n * sizeof(float));
+            if (q4_k_superblock(xs, &d, &dmin, sc, m, q)) return -1;
             t[2 * r] = (uint8_t)(d & 0xff);
             t[2 * r + 1] = (uint8_t)(d >> 8);
             t[32 + 2 * r] = (uint8_t)(dmin & 0xff);
@@ -427,6 +438,7 @@ static int quant_group_q4k(const float *x, size_t cols_p, uint8_t *out) {
             for (int j = 0; j < QKS; j++) {
                 t[64 + 16 * j + r] = (uint8_t)((sc[j] & 15) | (m[j] & 15) << 4);
                 t[192 + 16 * (j % 4) + r] |= (uint8_t)(((sc[j] >> 4) | (m[j] >> 4) << 2) << (4 * (j / 4)));
+                if ((size_t)j * QK >= n) continue; /* zero columns: sc = m = 0, no quants stored */
                 uint8_t *p = t + 256 + 256 * j + 4 * r;
                 for (int c = 0; c < QK / 2; c++) p[64 * (c / 4) + c % 4] = (uint8_t)(q[QK * j + c] | q[QK * j + c + 16] << 4);
             }
@@ -435,9 +447,9 @@ static int quant_group_q4k(const float *x, size_t cols_p, uint8_t *out) {
     return 0;
 }
 
-/* Quantizes one row group: x holds 16 rows of cols_p floats (cols_p = nb * 32, for Q4_K a
- * multiple of 256; rows and columns past the matrix already zero) and out receives its
- * tiles. Returns -1 on a value that cannot be quantized. */
+/* Quantizes one row group: x holds 16 rows of cols_p floats (cols_p = nb * 32, rows and
+ * columns past the matrix already zero) and out receives its tiles (qgroup_bytes). Returns
+ * -1 on a value that cannot be quantized. */
 static int quant_group(int dt, const float *x, size_t cols_p, uint8_t *out) {
     if (dt == DT_Q4_K) return quant_group_q4k(x, cols_p, out);
     const size_t nb = cols_p / QK, tile = qtile_bytes(dt);
@@ -466,7 +478,7 @@ static void qrow_dequant(int dt, const uint8_t *data, size_t cols, size_t r, flo
     if (dt == DT_Q4_K) { /* w = (d * sc) * q - dmin * m */
         const size_t ns = (cols + QKK - 1) / QKK;
         const int lr = (int)(r % QR);
-        const uint8_t *g = data + (r / QR) * ns * Q4K_TILE;
+        const uint8_t *g = data + (r / QR) * qgroup_bytes(DT_Q4_K, cols);
         for (size_t sb = 0; sb < ns; sb++) {
             const uint8_t *t = g + sb * Q4K_TILE;
             const float d = half_at(t, lr), dmin = half_at(t + 32, lr);
@@ -1427,7 +1439,7 @@ static int quant_target(const char *name) {
  * never expanded beyond 16 rows of float32 per thread. Returns 0, 1 if a value cannot be
  * quantized (not finite, or a block scale beyond the range of a half), 2 out of memory. */
 static int quantize_groups(const Tensor *src, int dt, size_t g0, size_t g1, uint8_t *out) {
-    const size_t cols_p = round_up(src->cols, qtile_cols(dt)), gbytes = qgroup_bytes(dt, src->cols);
+    const size_t cols_p = round_up(src->cols, QK), gbytes = qgroup_bytes(dt, src->cols);
     int bad = 0;
 #pragma omp parallel reduction(| : bad)
     {
@@ -1955,10 +1967,10 @@ static long long stored_nonfinite(const uint8_t *p, size_t nbytes, int dtype, in
  * checked. */
 static long long qstored_nonfinite(const TensorEntry *e, int *nan) {
     const size_t rows = e->shape[0], cols = e->shape[1], bc = qtile_cols(e->dtype), nb = (cols + bc - 1) / bc;
-    const size_t tile = qtile_bytes(e->dtype);
+    const size_t tile = qtile_bytes(e->dtype), gb = qgroup_bytes(e->dtype, cols);
     for (size_t g = 0; g * QR < rows; g++)
         for (size_t b = 0; b < nb; b++) {
-            const uint8_t *t = e->data + (g * nb + b) * tile;
+            const uint8_t *t = e->data + g * gb + b * tile;
             for (size_t r = 0; r < QR && g * QR + r < rows; r++)
                 for (int k = 0; k < (e->dtype == DT_Q4_K ? 2 : 1); k++) {
                     uint16_t h = (uint16_t)(t[32 * k + 2 * r] | t[32 * k + 2 * r + 1] << 8);

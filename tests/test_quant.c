@@ -383,9 +383,10 @@ static void test_kernels(void) {
         free_qmat(&m);
     }
 
-    /* Q4_K padding: a [20, 1408] matrix (5.5 super-blocks) and the same with 128 zero
-     * columns appended quantize to the same tiles, and whatever finite activations meet
-     * those columns, every kernel's products are the same bits */
+    /* Q4_K padding: a [20, 1408] matrix (5.5 super-blocks: its last tile holds 4 of 8
+     * sub-blocks) is, row group by row group, the first bytes of the same matrix with 128
+     * zero columns appended (6 whole tiles), and whatever finite activations meet those
+     * columns, every kernel's products are the same bits */
     {
         const size_t R = 20, C = 1408, CP = 1536;
         const int T = 3;
@@ -395,8 +396,10 @@ static void test_kernels(void) {
         Tensor src = {.data = (const uint8_t *)wp, .rows = R, .cols = CP, .dtype = DT_F32};
         uint8_t *qp = malloc(qtensor_bytes(DT_Q4_K, R, CP));
         DS_ASSERT(!quantize_groups(&src, DT_Q4_K, 0, (R + QR - 1) / QR, qp));
-        CHECK(qtensor_bytes(DT_Q4_K, R, C) == qtensor_bytes(DT_Q4_K, R, CP) &&
-              !memcmp(qp, m.q.data, qtensor_bytes(DT_Q4_K, R, C)), "q4_k: zero padding columns quantize differently");
+        const size_t gb = qgroup_bytes(DT_Q4_K, C), gbp = qgroup_bytes(DT_Q4_K, CP);
+        CHECK(gb == 5 * Q4K_TILE + 256 + 4 * 256 && gbp == 6 * Q4K_TILE, "q4_k group bytes %zu, %zu", gb, gbp);
+        for (size_t g = 0; g < (R + QR - 1) / QR; g++)
+            CHECK(!memcmp(qp + g * gbp, m.q.data + g * gb, gb), "q4_k: zero padding columns quantize differently");
         for (size_t i = 0; i < T * CP; i++) x[i] = rnd_normal() * 3;
         for (int t = 0; t < T; t++) memcpy(xc + t * C, x + t * CP, C * sizeof(float));
         QAct a = make_qact(C, T), ap = make_qact(CP, T);
@@ -412,7 +415,7 @@ static void test_kernels(void) {
             badp += memcmp(y, yp, sizeof y) != 0;
         }
         CHECK(!badp, "q4_k: activations on zero padding columns change the products (%d kernels)", badp);
-        if (!badp) printf("ok   q4_k padding: cols 1408 = 1536 with zero columns, tiles and products bit for bit\n");
+        if (!badp) printf("ok   q4_k padding: cols 1408 = 1536 with zero columns, tiles (cut after the last sub-block) and products bit for bit\n");
         free_qact(&a);
         free_qact(&ap);
         free(wp);
