@@ -47,19 +47,21 @@ demo:
 # Every test under ASan + UBSan (+ LeakSanitizer), including the tokenizer and speculative
 # sampling test programs the suites build themselves. allocator_may_return_null: a refused
 # huge allocation must reach the engine's own "out of memory" error, as it does without ASan.
+# Pass or fail, the sanitized binaries are then replaced by the normal build (build/fuzz,
+# with its corpus, is left alone).
 SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 asan-test:
-	$(MAKE) clean
-	$(MAKE) all OPT="-O1 -g -fno-omit-frame-pointer" CFLAGS_EXTRA= CC="$(CC) $(SAN)"
+	rm -f dseek tools/gen_ckpt
+	$(MAKE) all OPT="-O1 -g -fno-omit-frame-pointer" CC="$(CC) $(SAN)"
 	ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		SANITIZE=1 DSEEK_CC="$(CC) $(SAN) -g" bash tests/run_all.sh
-	$(MAKE) clean
+		SANITIZE=1 DSEEK_CC="$(CC) $(SAN) -g" bash tests/run_all.sh; rc=$$?; \
+	rm -f dseek tools/gen_ckpt; $(MAKE) all && exit $$rc
 
 # libFuzzer targets (tests/fuzz/fuzz_*.c, public API + src/dseek.c), with ASan and UBSan.
 # Built without OpenMP: one thread, deterministic. Fails if any target crashes.
 FUZZ_SECONDS ?= 30
 FUZZ_CC      ?= clang
-FUZZ_TARGETS := safetensors config tokenizer tokenizer_json chat
+FUZZ_TARGETS := safetensors config quant_header tokenizer tokenizer_json chat
 FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined \
 	-fno-sanitize-recover=undefined -std=c11 -Wall -Wextra -Wno-unknown-pragmas -Iinclude $(PKG_CFLAGS)
 

@@ -827,6 +827,12 @@ static int cmd_bench(int argc, char **argv) {
     dseek_profile dprof = {0}, pprof = {0}; /* where the fastest plain decode / prefill spent its time */
     double best_t = 0, best_pt = 0;
     int mtp = info->n_mtp && !a.no_mtp;
+    /* one untimed round first (as llama-bench does): fresh session buffers fault in, caches warm */
+    if (P > 0) check(s, dseek_forward(s, tok, P, 0, NULL, 0));
+    if (N > 1) {
+        dseek_profile p;
+        bench_decode(s, info, N < 8 ? N : 8, 0, &st, &p);
+    }
     for (int rep = 0; rep < R; rep++) {
         if (P > 0) {
             dseek_profile p0, p1;

@@ -2,8 +2,8 @@
 # Engine vs the independent NumPy reference (tools/ref.py) on checkpoints made by
 # tools/gen_ckpt, covering what ../shared/cases does not: every dtype, fp8 with partial
 # 128x128 blocks, sharded files with an index, every routing method, several dense layers,
-# YaRN past original_max_position_embeddings, the MTP head. Also checks prefill = decode =
-# chunked, shards = single file, fp8 = its dequantized F32 twin.
+# YaRN past original_max_position_embeddings, the MTP head (also as the only MoE layer).
+# Also checks prefill = decode = chunked, shards = single file, fp8 = its dequantized F32 twin.
 set -u
 source "$(dirname "$0")/lib.sh"
 cmp() { # cmp A.npy B.npy TOL LABEL
@@ -79,5 +79,9 @@ gen "$tmp/sig" --preset tiny-v3 --dtype f32 --q-lora 0 --norm-topk 0 --scaling 2
 # 6. greedy routing with sigmoid scoring and renormalization, top-1, bf16
 gen "$tmp/top1" --preset tiny-v2 --dtype bf16 --scoring sigmoid --topk 1 --norm-topk 1 --seed 5 && \
     check sigmoid_top1 "$tmp/top1" "$(tokens 20 1000 5)"
+# 7. no MoE layer in the main model, only in the MTP layer (once crashed at load: the
+#    traffic model took the expert size from layer first_k_dense_replace, a dense layer here)
+gen "$tmp/mtpmoe" --preset tiny-v3 --dtype bf16 --layers 1 --dense 1 --mtp 1 --seed 6 && \
+    check mtp_only_moe "$tmp/mtpmoe" "$(tokens 20 1000 6)" mtp
 
 finish test_generated

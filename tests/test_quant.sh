@@ -364,6 +364,26 @@ PYEOF
 [ $rc = 2 ] && grep -q "$TENSOR: element 5376 is Inf" "$tmp/err" && ok "q4_k Inf dmin, --check-tensors: $(cat "$tmp/err")" \
   || bad "q4_k Inf dmin: rc=$rc $(cat "$tmp/err")"
 
+# a logical shape whose byte count overflows 64 bits to 10624 (an extra tensor of that many
+# bytes passed the size check, then --check-tensors read its "rows" far past the file)
+mkdir -p "$tmp/bad_wrap"; cp "$Q/config.json" "$tmp/bad_wrap/"
+$PY - "$Q/model.safetensors" "$tmp/bad_wrap/model.safetensors" <<'PYEOF'
+import json, struct, sys
+f = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", f[:8])[0]
+h = json.loads(f[8:8 + n])
+end = len(f) - 8 - n
+assert (4109366032 + 15) // 16 * ((4224895360 + 31) // 32) * 544 % 2**64 == 10624
+h["__metadata__"]["dseek.q.extra.weight"] = "q8_0 [4109366032,4224895360]"
+h["extra.weight"] = {"dtype": "U8", "shape": [10624], "data_offsets": [end, end + 10624]}
+b = json.dumps(h).encode()
+b += b" " * (-(8 + len(b)) % 64)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(b)) + b + f[8 + n:] + bytes(10624))
+PYEOF
+./dseek logits -m "$tmp/bad_wrap" --tokens 0,1 -o "$tmp/x.npy" --check-tensors 2>"$tmp/err"; rc=$?
+[ $rc = 2 ] && [ "$(wc -l <"$tmp/err")" = 1 ] && grep -q "extra.weight: logical shape \[4109366032,4224895360\] is not valid" "$tmp/err" \
+  && ok "overflowing logical shape: $(cat "$tmp/err")" || bad "overflowing logical shape: rc=$rc $(cat "$tmp/err")"
+
 # quantize's own errors
 qerr() { # qerr LABEL WANT ARGS...
   local label=$1 want=$2; shift 2
@@ -377,6 +397,28 @@ qerr "into its input" "the output folder is the input folder" -m "$tmp/v2" -o "$
 qerr "missing model" "config.json: cannot read" -m "$tmp/nothing" -o "$tmp/o1" --type q8_0
 mkdir -p "$tmp/ro"; cp "$tmp/v2/config.json" "$tmp/ro/"; echo '{"weight_map": {}}' >"$tmp/ro/model.safetensors.index.json"
 qerr "into a sharded model's folder" "already holds a sharded model" -m "$tmp/v2" -o "$tmp/ro" --type q8_0
+
+# what quantize writes from any model that opens must open again. qround NAME PYTHON-EDIT:
+# edit the header of a copy of v2 (h: tensors, end: the data size; set tail to append data)
+qround() {
+  local name=$1 edit=$2 d=$tmp/qr_$1
+  mkdir -p "$d"; cp "$tmp/v2/config.json" "$d/"
+  $PY - "$tmp/v2/model.safetensors" "$d/model.safetensors" <<PYEOF
+import json, struct, sys
+f = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", f[:8])[0]
+h = json.loads(f[8:8 + n]); end = len(f) - 8 - n; tail = b""
+$edit
+b = json.dumps(h).encode()
+b += b" " * (-(8 + len(b)) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(b)) + b + f[8 + n:] + tail)
+PYEOF
+  if ! ./dseek quantize -m "$d" -o "$d.q" --type q8_0 2>"$tmp/err" >/dev/null; then bad "quantize $name: $(cat "$tmp/err")"
+  elif ./dseek logits -m "$d.q" --tokens 0,1 -o "$tmp/x.npy" 2>"$tmp/err"; then ok "quantize $name: the output opens"
+  else bad "quantize $name: the output does not open: $(cut -c1-300 "$tmp/err")"; fi
+}
+qround empty_matrix 'h["extra.o_proj.weight"] = {"dtype": "BF16", "shape": [0, 5], "data_offsets": [end, end]}'
+qround long_name 'h["x" * 1000 + ".o_proj.weight"] = {"dtype": "BF16", "shape": [2, 4], "data_offsets": [end, end + 16]}; tail = bytes(16)'
 
 echo "test_quant: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -29,19 +29,21 @@
 
 static char fz_dir[256];    /* this process's temporary folder ("" before fz_tmpdir) */
 
-/* Removes every file in fz_dir (it holds no sub-folders). */
-static inline void fz_clear(void) {
-    DIR *d = opendir(fz_dir);
+/* Removes every file in the folder dir (it holds no sub-folders). */
+static inline void fz_clear_dir(const char *dir) {
+    DIR *d = opendir(dir);
     if (!d) return;
     struct dirent *e;
     char p[600];
     while ((e = readdir(d)) != NULL) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(p, sizeof p, "%s/%s", fz_dir, e->d_name);
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
         unlink(p);
     }
     closedir(d);
 }
+
+static inline void fz_clear(void) { fz_clear_dir(fz_dir); }
 
 static inline void fz_cleanup(void) {
     if (!fz_dir[0]) return;

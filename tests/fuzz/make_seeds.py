@@ -10,6 +10,9 @@ documents and reproduces it):
   corpus/tokenizer_json/ small hand-made tokenizers for every normalizer, pre-tokenizer and
                         option the loader reads, with and without tokenizer_config.json
   corpus/chat/          family byte + messages
+  data/quant_config.json, corpus/quant_header/   a tiny model (one dense layer, an MoE MTP
+                        layer) and the headers `./dseek quantize` writes for it: q8_0, q4_0,
+                        and one mixing both (the data area is fuzz_quant_header.c's own)
 Regression inputs (named regress-*) are added by hand next to these and are kept."""
 import json, os, shutil, struct, subprocess, sys, tempfile
 
@@ -39,7 +42,7 @@ def rd(path):
 
 
 C = "tests/fuzz/corpus"
-for sub in ["safetensors", "config", "tokenizer", "tokenizer_json", "chat"]:
+for sub in ["safetensors", "config", "tokenizer", "tokenizer_json", "chat", "quant_header"]:
     d = os.path.join(C, sub)
     if os.path.isdir(d):
         for f in os.listdir(d):
@@ -63,6 +66,47 @@ d = gen("v2", "--q-lora", "0", "--topk-method", "greedy", "--scoring", "softmax"
 put(f"{C}/safetensors/v2_layout_bf16", rd(d + "/model.safetensors"))
 b = rd(base + "/model.safetensors")
 put(f"{C}/safetensors/header_only", b[:8 + struct.unpack("<Q", b[:8])[0]])
+
+# quant_header seeds: headers of `dseek quantize` output (trailing padding dropped: the
+# target pads), and q8_0 with every other quantized tensor made q4_0, the data re-laid
+# 2 bytes off alignment, and extra tensors: a quantized one, an empty matrix, a scalar
+QTINY = ["--layers", "1", "--dense", "1", "--experts", "2", "--topk", "1", "--groups", "1", "--dtype", "bf16"]
+q = gen("quant", *QTINY)
+put("tests/fuzz/data/quant_config.json", rd(q + "/config.json"))
+
+
+def st_header(path):
+    b = rd(path)
+    return json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])
+
+
+def compact(h):
+    return json.dumps(h, separators=(",", ":")).encode()
+
+
+for t in ["q8_0", "q4_0"]:
+    subprocess.run(["./dseek", "quantize", "-m", q, "-o", f"{q}_{t}", "--type", t], check=True, capture_output=True)
+    b = rd(f"{q}_{t}/model.safetensors")
+    put(f"{C}/quant_header/{t}", b[8:8 + struct.unpack("<Q", b[:8])[0]].rstrip(b" "))
+h = st_header(f"{q}_q8_0/model.safetensors")
+meta, off = h["__metadata__"], 2
+meta["dseek.q.extra.down_proj.weight"] = "q8_0 [20,40]"
+h["extra.down_proj.weight"] = {"dtype": "U8", "shape": [2176], "data_offsets": [0, 2176]}
+h["extra.o_proj.weight"] = {"dtype": "BF16", "shape": [0, 5], "data_offsets": [0, 0]}
+h["extra.scalar"] = {"dtype": "F16", "shape": [], "data_offsets": [0, 2]}
+for i, k in enumerate(k for k in meta if k.startswith("dseek.q.")):
+    if i % 2:
+        meta[k] = meta[k].replace("q8_0", "q4_0")
+for k, v in h.items():
+    if k == "__metadata__": continue
+    n = v["data_offsets"][1] - v["data_offsets"][0]
+    if meta.get("dseek.q." + k, "").startswith("q4_0"):
+        r, c = json.loads(meta["dseek.q." + k].split(" ")[1])
+        n = -(-((r + 15) // 16 * ((c + 31) // 32) * 288) // 64) * 64
+        v["shape"] = [n]
+    v["data_offsets"] = [off, off + n]
+    off += n
+put(f"{C}/quant_header/mixed", compact(h))
 
 # config seeds
 put(f"{C}/config/tiny_v3_fp8.json", rd(base + "/config.json"))
