@@ -2101,11 +2101,11 @@ double dseek_memory_bandwidth(size_t bytes) {
  * and dm = dmin * m (both exact), isum the int32 sum of q_w * q_x (q_w in 0..15) and sx
  * the activation block's sum of q_x,
  *
- *   accq = sum over sub-blocks b, in order, of  (float)isum(t, r, b) * (ds[r][b] * dx[t][b])
- *   accm = sum over sub-blocks b, in order, of  dm[r][b] * ((float)sx[t][b] * dx[t][b])
- *   y[t][r] = accq - accm
+ *   y[t][r] = sum over sub-blocks b, in order, of
+ *             (float)isum(t, r, b) * (ds[r][b] * dx[t][b])  -  dm[r][b] * ((float)sx[t][b] * dx[t][b])
  *
- * (two sums, so that each has one add per sub-block in its dependency chain). The
+ * (each sub-block's term computed whole, then added: one add per sub-block in the
+ * accumulator's dependency chain). The
  * portable kernel computes these formulas one row at a time; the SIMD ones
  * do 16 rows at once, one per lane, with the same operations, so every kernel gives the
  * same bits (tests/test_quant.c holds them together). The error against float32
@@ -2177,7 +2177,7 @@ static void q4k_portable(const uint8_t *w, size_t nb, const QAct *a, int T, floa
         const int8_t *xq = a->q + (size_t)t * a->cols_p;
         const float *xd = a->d + (size_t)t * a->nb;
         const int32_t *xs = a->s + (size_t)t * a->nb;
-        float accq[QR] = {0}, accm[QR] = {0};
+        float acc[QR] = {0};
         for (size_t b = 0; b < nb; b++) {
             const int j = (int)(b % QKS);
             const uint8_t *tl = w + b / QKS * Q4K_TILE, *p = tl + 256 + 256 * j;
@@ -2196,14 +2196,12 @@ static void q4k_portable(const uint8_t *w, size_t nb, const QAct *a, int T, floa
                 const float ds = half_at(tl, r) * (float)sc, dm = half_at(tl + 32, r) * (float)m;
                 float s = ds * xd[b];
                 float prod = (float)isum[r] * s;
-                accq[r] = accq[r] + prod;
                 float pm = dm * xsd;
-                accm[r] = accm[r] + pm;
+                float term = prod - pm;
+                acc[r] = acc[r] + term;
             }
         }
-        float out[QR];
-        for (int r = 0; r < QR; r++) out[r] = accq[r] - accm[r];
-        memcpy(y + (size_t)t * ys, out, (size_t)nr * sizeof(float));
+        memcpy(y + (size_t)t * ys, acc, (size_t)nr * sizeof(float));
     }
 }
 
@@ -2314,6 +2312,28 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
     for (int t = 0; t < NT; t++) _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ys, (__mmask16)((1u << nr) - 1), acc[t]);
 }
 
+/* The 6-bit scales and mins of a Q4_K tile as bytes: sub-block j's 16 scales at byte
+ * 16 (j % 4) of scm[j / 4], its 16 mins at the same place of scm[2 + j / 4]. */
+static inline __attribute__((always_inline)) AVX512_TARGET void q4k_unpack_avx512(const uint8_t *tl, uint8_t (*scm)[64]) {
+    const __m512i a0 = _mm512_loadu_si512(tl + 64), a1 = _mm512_loadu_si512(tl + 128);
+    const __m512i h = _mm512_loadu_si512(tl + 192), lo4 = _mm512_set1_epi8(0x0f), b45 = _mm512_set1_epi8(0x30);
+    _mm512_store_si512(scm[0], _mm512_or_si512(_mm512_and_si512(a0, lo4), _mm512_and_si512(_mm512_slli_epi16(h, 4), b45)));
+    _mm512_store_si512(scm[1], _mm512_or_si512(_mm512_and_si512(a1, lo4), _mm512_and_si512(h, b45)));
+    _mm512_store_si512(scm[2], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a0, 4), lo4),
+                                               _mm512_and_si512(_mm512_slli_epi16(h, 2), b45)));
+    _mm512_store_si512(scm[3], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a1, 4), lo4),
+                                               _mm512_and_si512(_mm512_srli_epi16(h, 2), b45)));
+}
+
+/* Sub-block j's steps d * sc and offsets dmin * m, 16 rows, from the unpacked bytes. */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_scales_avx512(const uint8_t (*scm)[64], int j, __m512 d, __m512 dmin, __m512 *ds, __m512 *dm) {
+    __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[j / 4] + 16 * (j % 4))));
+    __m512i mm = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[2 + j / 4] + 16 * (j % 4))));
+    *ds = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+    *dm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mm));
+}
+
 /* Q4_K with VNNI: per tile, the 6-bit scales and mins of all 8 sub-blocks are unpacked to
  * bytes with a few 512-bit operations, and each sub-block's 16 are widened to 32-bit lanes
  * and multiplied by d / dmin once for all tokens; the quants go as Q4_0's, without the -8
@@ -2321,12 +2341,12 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
 static inline __attribute__((always_inline)) AVX512_TARGET void
 q4k_avx512_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
     const __m512i lo4 = _mm512_set1_epi8(0x0f), hi4 = _mm512_set1_epi8((char)0xf0);
-    __m512 accq[4], accm[4];
+    __m512 acc[4];
     const int8_t *xq[4];
     const float *xd[4];
     const int32_t *xs[4];
     for (int t = 0; t < NT; t++) {
-        accq[t] = accm[t] = _mm512_setzero_ps();
+        acc[t] = _mm512_setzero_ps();
         xq[t] = a->q + (size_t)(t0 + t) * a->cols_p;
         xd[t] = a->d + (size_t)(t0 + t) * a->nb;
         xs[t] = a->s + (size_t)(t0 + t) * a->nb;
@@ -2336,24 +2356,12 @@ q4k_avx512_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, f
         const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl));
         const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + 32)));
         const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
-        /* the tile's 128 scales and 128 mins as bytes, sub-block j's 16 at byte 16 (j % 4)
-         * of scm[j / 4] (scales) and scm[2 + j / 4] (mins) */
         uint8_t scm[4][64] __attribute__((aligned(64)));
-        {
-            const __m512i a0 = _mm512_loadu_si512(tl + 64), a1 = _mm512_loadu_si512(tl + 128);
-            const __m512i h = _mm512_loadu_si512(tl + 192), b45 = _mm512_set1_epi8(0x30);
-            _mm512_store_si512(scm[0], _mm512_or_si512(_mm512_and_si512(a0, lo4), _mm512_and_si512(_mm512_slli_epi16(h, 4), b45)));
-            _mm512_store_si512(scm[1], _mm512_or_si512(_mm512_and_si512(a1, lo4), _mm512_and_si512(h, b45)));
-            _mm512_store_si512(scm[2], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a0, 4), lo4),
-                                                       _mm512_and_si512(_mm512_slli_epi16(h, 2), b45)));
-            _mm512_store_si512(scm[3], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a1, 4), lo4),
-                                                       _mm512_and_si512(_mm512_srli_epi16(h, 2), b45)));
-        }
+        q4k_unpack_avx512(tl, scm);
         for (int j = 0; j < ns; j++) {
             const size_t b = b0 + (size_t)j;
-            __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[j / 4] + 16 * (j % 4))));
-            __m512i mm = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[2 + j / 4] + 16 * (j % 4))));
-            const __m512 ds = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc)), dm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mm));
+            __m512 ds, dm;
+            q4k_scales_avx512((const uint8_t(*)[64])scm, j, d, dmin, &ds, &dm);
             const uint8_t *p = tl + 256 + 256 * j;
             __m512i il[4], ih[4];
             for (int t = 0; t < NT; t++) il[t] = ih[t] = _mm512_setzero_si512();
@@ -2371,14 +2379,14 @@ q4k_avx512_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, f
             for (int t = 0; t < NT; t++) {
                 __m512i isum = _mm512_add_epi32(il[t], _mm512_srai_epi32(ih[t], 4));
                 __m512 s = _mm512_mul_ps(ds, _mm512_set1_ps(xd[t][b]));
-                accq[t] = _mm512_add_ps(accq[t], _mm512_mul_ps(_mm512_cvtepi32_ps(isum), s));
                 const float xsd = (float)xs[t][b] * xd[t][b];
-                accm[t] = _mm512_add_ps(accm[t], _mm512_mul_ps(dm, _mm512_set1_ps(xsd)));
+                __m512 term = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), s), _mm512_mul_ps(dm, _mm512_set1_ps(xsd)));
+                acc[t] = _mm512_add_ps(acc[t], term);
             }
         }
     }
     for (int t = 0; t < NT; t++)
-        _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ys, (__mmask16)((1u << nr) - 1), _mm512_sub_ps(accq[t], accm[t]));
+        _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ys, (__mmask16)((1u << nr) - 1), acc[t]);
 }
 
 AVX512_TARGET static void qgroup_avx512(const uint8_t *w, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys,
@@ -2469,8 +2477,82 @@ qpair_avx512_n(const uint8_t *w, size_t gb, size_t nb, int dt, const QAct *a, in
         _mm512_storeu_ps(y + (size_t)(t0 + t) * ys + 16, acc[1][t]);
     }
 }
+/* Q4_K, two full row groups at once: each activation broadcast feeds 4 vpdpbusd (2 groups
+ * x low and high nibbles). Per output the operations of q4k_avx512_n, so the same bits. */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_pair_avx512_n(const uint8_t *w, size_t gb, size_t nb, const QAct *a, int t0, const int NT, float *y, size_t ys) {
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    __m512 acc[2][4];
+    const int8_t *xq[4];
+    const float *xd[4];
+    const int32_t *xs[4];
+    for (int t = 0; t < NT; t++) {
+        acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+        xq[t] = a->q + (size_t)(t0 + t) * a->cols_p;
+        xd[t] = a->d + (size_t)(t0 + t) * a->nb;
+        xs[t] = a->s + (size_t)(t0 + t) * a->nb;
+    }
+    for (size_t b0 = 0; b0 < nb; b0 += QKS) {
+        const uint8_t *tl0 = w + b0 / QKS * Q4K_TILE, *tl1 = tl0 + gb;
+        const __m512 d0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl0));
+        const __m512 dmin0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl0 + 32)));
+        const __m512 d1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl1));
+        const __m512 dmin1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl1 + 32)));
+        const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
+        uint8_t scm0[4][64] __attribute__((aligned(64))), scm1[4][64] __attribute__((aligned(64)));
+        q4k_unpack_avx512(tl0, scm0);
+        q4k_unpack_avx512(tl1, scm1);
+        for (int j = 0; j < ns; j++) {
+            const size_t b = b0 + (size_t)j;
+            __m512 ds0, dm0, ds1, dm1;
+            q4k_scales_avx512((const uint8_t(*)[64])scm0, j, d0, dmin0, &ds0, &dm0);
+            q4k_scales_avx512((const uint8_t(*)[64])scm1, j, d1, dmin1, &ds1, &dm1);
+            const uint8_t *p0 = tl0 + 256 + 256 * j, *p1 = tl1 + 256 + 256 * j;
+            /* one accumulator per group and token (high nibbles shifted down: 8 independent
+             * chains hide vpdpbusd's latency, and 32 registers hold it all) */
+            __m512i is0[4], is1[4];
+            for (int t = 0; t < NT; t++) is0[t] = is1[t] = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) {
+                __m512i v0 = _mm512_loadu_si512(p0 + 64 * k), v1 = _mm512_loadu_si512(p1 + 64 * k);
+                __m512i v0l = _mm512_and_si512(v0, lo4), v0h = _mm512_and_si512(_mm512_srli_epi16(v0, 4), lo4);
+                __m512i v1l = _mm512_and_si512(v1, lo4), v1h = _mm512_and_si512(_mm512_srli_epi16(v1, 4), lo4);
+                for (int t = 0; t < NT; t++) {
+                    int32_t x0, x1;
+                    memcpy(&x0, xq[t] + b * QK + 4 * k, 4);
+                    memcpy(&x1, xq[t] + b * QK + 16 + 4 * k, 4);
+                    __m512i xb0 = _mm512_set1_epi32(x0), xb1 = _mm512_set1_epi32(x1);
+                    is0[t] = _mm512_dpbusd_epi32(is0[t], v0l, xb0);
+                    is1[t] = _mm512_dpbusd_epi32(is1[t], v1l, xb0);
+                    is0[t] = _mm512_dpbusd_epi32(is0[t], v0h, xb1);
+                    is1[t] = _mm512_dpbusd_epi32(is1[t], v1h, xb1);
+                }
+            }
+            for (int t = 0; t < NT; t++) {
+                const __m512 dx = _mm512_set1_ps(xd[t][b]), xsd = _mm512_set1_ps((float)xs[t][b] * xd[t][b]);
+                __m512 term0 = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(is0[t]), _mm512_mul_ps(ds0, dx)), _mm512_mul_ps(dm0, xsd));
+                __m512 term1 = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(is1[t]), _mm512_mul_ps(ds1, dx)), _mm512_mul_ps(dm1, xsd));
+                acc[0][t] = _mm512_add_ps(acc[0][t], term0);
+                acc[1][t] = _mm512_add_ps(acc[1][t], term1);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        _mm512_storeu_ps(y + (size_t)(t0 + t) * ys, acc[0][t]);
+        _mm512_storeu_ps(y + (size_t)(t0 + t) * ys + 16, acc[1][t]);
+    }
+}
+
 AVX512_TARGET static void qpair_avx512(const uint8_t *w, size_t gb, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys) {
     int t = 0;
+    if (dt == DT_Q4_K) {
+        for (; t + 4 <= T; t += 4) q4k_pair_avx512_n(w, gb, nb, a, t, 4, y, ys);
+        switch (T - t) {
+        case 3: q4k_pair_avx512_n(w, gb, nb, a, t, 3, y, ys); break;
+        case 2: q4k_pair_avx512_n(w, gb, nb, a, t, 2, y, ys); break;
+        case 1: q4k_pair_avx512_n(w, gb, nb, a, t, 1, y, ys); break;
+        }
+        return;
+    }
     for (; t + 4 <= T; t += 4) qpair_avx512_n(w, gb, nb, dt, a, t, 4, y, ys);
     switch (T - t) {
     case 3: qpair_avx512_n(w, gb, nb, dt, a, t, 3, y, ys); break;
@@ -2555,12 +2637,12 @@ qgroup_avx2_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, const 
 static inline __attribute__((always_inline)) AVX2_TARGET void
 q4k_avx2_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
     const __m256i ones = _mm256_set1_epi16(1), lo4 = _mm256_set1_epi8(15);
-    __m256 accq[2][2], accm[2][2];
+    __m256 acc[2][2];
     const int8_t *xq[2];
     const float *xd[2];
     const int32_t *xs[2];
     for (int t = 0; t < NT; t++) {
-        accq[t][0] = accq[t][1] = accm[t][0] = accm[t][1] = _mm256_setzero_ps();
+        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
         xq[t] = a->q + (size_t)(t0 + t) * a->cols_p;
         xd[t] = a->d + (size_t)(t0 + t) * a->nb;
         xs[t] = a->s + (size_t)(t0 + t) * a->nb;
@@ -2618,16 +2700,16 @@ q4k_avx2_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, flo
             for (int t = 0; t < NT; t++) {
                 const __m256 dx = _mm256_set1_ps(xd[t][b]), xsd = _mm256_set1_ps((float)xs[t][b] * xd[t][b]);
                 for (int h = 0; h < 2; h++) {
-                    accq[t][h] = _mm256_add_ps(accq[t][h], _mm256_mul_ps(_mm256_cvtepi32_ps(is[t][h]), _mm256_mul_ps(ds[h], dx)));
-                    accm[t][h] = _mm256_add_ps(accm[t][h], _mm256_mul_ps(dm[h], xsd));
+                    __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(is[t][h]), _mm256_mul_ps(ds[h], dx));
+                    acc[t][h] = _mm256_add_ps(acc[t][h], _mm256_sub_ps(p, _mm256_mul_ps(dm[h], xsd)));
                 }
             }
         }
     }
     for (int t = 0; t < NT; t++) {
         float out[QR];
-        _mm256_storeu_ps(out, _mm256_sub_ps(accq[t][0], accm[t][0]));
-        _mm256_storeu_ps(out + 8, _mm256_sub_ps(accq[t][1], accm[t][1]));
+        _mm256_storeu_ps(out, acc[t][0]);
+        _mm256_storeu_ps(out + 8, acc[t][1]);
         memcpy(y + (size_t)(t0 + t) * ys, out, (size_t)nr * sizeof(float));
     }
 }
@@ -2660,8 +2742,7 @@ static int qkernel = -1;
 static void qgroups(const Tensor *w, size_t g0, int n, const QAct *a, int T, float *y, size_t ys) {
     const size_t nb = (w->cols + QK - 1) / QK, gb = qgroup_bytes(w->dtype, w->cols), r0 = g0 * QR;
     /* (one Q8_0 token: the single-group kernel measured a little faster) */
-    if (n == 2 && qkernels[qkernel].pair && r0 + 2 * QR <= w->rows && (T > 1 || w->dtype != DT_Q8_0) &&
-        w->dtype != DT_Q4_K) {
+    if (n == 2 && qkernels[qkernel].pair && r0 + 2 * QR <= w->rows && (T > 1 || w->dtype != DT_Q8_0)) {
         qkernels[qkernel].pair(w->data + g0 * gb, gb, nb, w->dtype, a, T, y + r0, ys);
         return;
     }
