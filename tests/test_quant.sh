@@ -26,20 +26,20 @@
 #   shared v2lite_bf16      q4_k   0.63                           0.089     0.92
 #   shared v3_fp8           q8_0   1.25 (0.095)                   0.023     0.92
 #   shared v3_fp8           q4_0   1.39 (0.64)                    0.157     0.69
-#   shared v3_fp8           q4_k   1.41 (0.58)                    0.143     0.61
+#   shared v3_fp8           q4_k   1.40 (0.58)                    0.143     0.64
 #   shared v3_fp8, MTP head q8_0   2.60                           0.040     0.92
 #   shared v3_fp8, MTP head q4_0   2.52                           0.190     0.58
-#   shared v3_fp8, MTP head q4_k   1.61                           0.157     0.53
+#   shared v3_fp8, MTP head q4_k   1.61                           0.162     0.53
 #   tiny-v2 bf16, 256 tok   q8_0   0.58 (0.19)                    0.030     0.97
 #   tiny-v2 bf16, 256 tok   q4_0   2.07 (2.07)                    0.284     0.67
 #   tiny-v2 bf16, 256 tok   q4_k   1.69 (1.69)                    0.253     0.71
 #   tiny-v3 fp8, 256 tok    q8_0   5.5 (0.89)                     0.159     0.85
 #   tiny-v3 fp8, 256 tok    q4_0   6.8  (3.3)                     0.728     0.40
-#   tiny-v3 fp8, 256 tok    q4_k   6.7  (2.6)                     0.664     0.48
+#   tiny-v3 fp8, 256 tok    q4_k   6.7  (2.6)                     0.666     0.48
 #   v3h (odd widths), 256   q4_0   6.2  (3.2)                     0.705     0.40
-#   v3h (odd widths), 256   q4_k   5.4  (2.7)                     0.617     0.45
+#   v3h (odd widths), 256   q4_k   5.3  (2.7)                     0.618     0.47
 #   f16, group-limited, 256 q8_0   2.6  (0.36)                    0.049     0.96
-#   f16, group-limited, 256 q4_k   4.4  (2.8)                     0.422     0.58   (q4_0: 5.4 (3.1) 0.475 0.57)
+#   f16, group-limited, 256 q4_k   4.4  (2.8)                     0.423     0.59   (q4_0: 5.4 (3.1) 0.475 0.57)
 # (v3h: every width is a partial Q4_K super-block: 200, 72, 328, 96, 80.) Q4_K, at the
 # same 4.5 bits per weight as Q4_0, has 5-12% lower mean|d| on every case (checked).
 # The checks allow about 1.5x these (mean|d|, routing-equal max) and a few points of top-1.
