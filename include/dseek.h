@@ -56,7 +56,7 @@ int dseek_model_open(const char *dir, dseek_model **out, char *err, size_t errle
 void dseek_model_free(dseek_model *m);
 
 /* Weight quantization (README "Quantized models"): dseek's block formats. */
-enum { DSEEK_QUANT_NONE = 0, DSEEK_QUANT_Q8_0 = 1, DSEEK_QUANT_Q4_0 = 2 };
+enum { DSEEK_QUANT_NONE = 0, DSEEK_QUANT_Q8_0 = 1, DSEEK_QUANT_Q4_0 = 2, DSEEK_QUANT_Q4_K = 3 };
 /* "q8_0" -> DSEEK_QUANT_Q8_0, ...; -1 for an unknown name. */
 int dseek_quant_parse(const char *name);
 

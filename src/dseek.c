@@ -125,12 +125,18 @@ static uint16_t f32_to_f16(float f) {
 }
 
 /* ----------------------------------------------------------------------------
- * dseek's quantized block formats: Q8_0 and Q4_0
+ * dseek's quantized block formats: Q8_0, Q4_0 and Q4_K
  *
- * Both cut every row of a weight matrix [rows, cols] into blocks of 32 consecutive columns
- * with one scale d per block (an IEEE half):
+ * Q8_0 and Q4_0 cut every row of a weight matrix [rows, cols] into blocks of 32 consecutive
+ * columns with one scale d per block (an IEEE half):
  *   Q8_0  w = d * q,        q int8 in [-127, 127], d = max|w| / 127           8.5 bits/weight
  *   Q4_0  w = d * (q - 8),  q 4-bit in [0, 15],  d chosen by a small search  4.5 bits/weight
+ * Q4_K cuts a row into super-blocks of 256 columns, each of 8 sub-blocks of 32, with two
+ * halves d and dmin per super-block and a 6-bit scale sc and a 6-bit min m per sub-block:
+ *   Q4_K  w = (d * sc) * q - (dmin * m),  q 4-bit in [0, 15],  sc, m in [0, 63]
+ *         (16 + 16 + 8 * 12 bits per 256 weights on top of the quants)      4.5 bits/weight
+ * Both products are exact in float32 (11 by 6 significant bits), so d * sc and dmin * m
+ * are plain numbers: the sub-block's step and offset.
  *
  * Layout. The bytes are arranged for the int8 dot-product kernels (section 5) rather than
  * row by row: rows are taken in groups of 16 (the last group padded with zero rows) and
@@ -141,28 +147,48 @@ static uint16_t f32_to_f16(float f) {
  *   Q8_0, then 512 bytes:  byte 32 + 64k + 4r + i = q of row r, column 4k + i     (k < 8, i < 4)
  *   Q4_0, then 256 bytes:  byte 32 + 64k + 4r + i = q of row r, column 4k + i      (low nibble)
  *                                                   | q of row r, column 16+4k+i << 4 (high)
- * Why: one 64-byte line then holds 4 consecutive columns of all 16 rows (Q4_0: 2 x 4), which
- * is exactly one VNNI dot-product instruction whose 16 int32 lanes are the 16 rows. The kernel
- * streams memory in order, never sums across lanes, and its result for row r is the plain
- * sequential sum over blocks, which any other kernel (AVX2, portable C) reproduces bit for bit
- * (see qdot_ref). The cost is that a row is not contiguous: tensor_row gathers it.
+ * Q4_K tiles are 16 rows x 256 columns, 2304 bytes, ceil(cols/256) per row group; the last
+ * one, when cols is not a multiple of 256, holds only the sub-blocks that have columns
+ * (ceil(cols/32) % 8 of them: 256 + 256 * that many bytes; the sc and m of the others are 0),
+ * and the last sub-block is padded with zero columns:
+ *   bytes   0..31   d[r]     (half)
+ *   bytes  32..63   dmin[r]  (half)
+ *   bytes  64..191  byte 64 + 16j + r = (sc[r][j] & 15) | (m[r][j] & 15) << 4   (sub-block j < 8)
+ *   bytes 192..255  byte 192 + 16(j%4) + r, bits 4(j/4) .. 4(j/4)+3 = sc[r][j] >> 4 | (m[r][j] >> 4) << 2
+ *   bytes 256 + 256j ..  sub-block j's quants, arranged as a Q4_0 tile's (256 bytes):
+ *                   byte 256 + 256j + 64k + 4r + i = q of row r, column 32j + 4k + i (low nibble)
+ *                                                  | q of row r, column 32j + 16+4k+i << 4
+ * Why: one 64-byte line then holds 4 consecutive columns of all 16 rows (Q4_0, Q4_K: 2 x 4),
+ * which is exactly one VNNI dot-product instruction whose 16 int32 lanes are the 16 rows. The
+ * kernel streams memory in order, never sums across lanes, and its result for row r is the
+ * plain sequential sum over blocks, which any other kernel (AVX2, portable C) reproduces bit
+ * for bit (section 5). The 16 rows' sc and m of one sub-block are 16 consecutive bytes (and
+ * 16 more for their high bits), one vector load each. The cost is that a row is not
+ * contiguous: tensor_row gathers it.
  *
- * Files store a quantized tensor as a 1-D U8 safetensors tensor of ng * nb * tile bytes,
- * zero-padded to a multiple of 64 (section 11 describes the container).
+ * Files store a quantized tensor as a 1-D U8 safetensors tensor of ng * (tiles per group) *
+ * tile bytes, zero-padded to a multiple of 64 (section 11 describes the container).
  * ------------------------------------------------------------------------- */
 
 /* Stored tensor dtypes: the safetensors ones dseek computes with, then its own. */
-enum { DT_F32, DT_BF16, DT_F16, DT_F8, DT_Q8_0, DT_Q4_0, DT_OTHER };
+enum { DT_F32, DT_BF16, DT_F16, DT_F8, DT_Q8_0, DT_Q4_0, DT_Q4_K, DT_OTHER };
 
 enum { QK = 32, QR = 16 };                 /* block columns, rows per group */
-enum { Q8_TILE = 32 + QR * QK, Q4_TILE = 32 + QR * QK / 2 };
+enum { QKK = 256, QKS = QKK / QK };        /* Q4_K super-block columns, sub-blocks per super-block */
+enum { Q8_TILE = 32 + QR * QK, Q4_TILE = 32 + QR * QK / 2, Q4K_TILE = 256 + QR * QKK / 2 };
 
-static int is_quant(int dt) { return dt == DT_Q8_0 || dt == DT_Q4_0; }
-static size_t qtile_bytes(int dt) { return dt == DT_Q8_0 ? Q8_TILE : Q4_TILE; }
-/* bytes of a quantized [rows, cols] matrix, without the file's padding */
-static size_t qtensor_bytes(int dt, size_t rows, size_t cols) {
-    return (rows + QR - 1) / QR * ((cols + QK - 1) / QK) * qtile_bytes(dt);
+static int is_quant(int dt) { return dt == DT_Q8_0 || dt == DT_Q4_0 || dt == DT_Q4_K; }
+static size_t qtile_bytes(int dt) { return dt == DT_Q8_0 ? Q8_TILE : dt == DT_Q4_0 ? Q4_TILE : Q4K_TILE; }
+static size_t qtile_cols(int dt) { return dt == DT_Q4_K ? QKK : QK; }
+/* bytes of one row group of a quantized matrix with `cols` columns (Q4_K: the last tile
+ * cut after its last sub-block) */
+static size_t qgroup_bytes(int dt, size_t cols) {
+    if (dt != DT_Q4_K) return (cols + QK - 1) / QK * qtile_bytes(dt);
+    const size_t rest = (cols % QKK + QK - 1) / QK;
+    return cols / QKK * Q4K_TILE + (rest ? 256 + 256 * rest : 0);
 }
+/* bytes of a quantized [rows, cols] matrix, without the file's padding */
+static size_t qtensor_bytes(int dt, size_t rows, size_t cols) { return (rows + QR - 1) / QR * qgroup_bytes(dt, cols); }
 
 static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
@@ -248,10 +274,184 @@ static int q4_0_block(const float *x, uint16_t *d, uint8_t *q) {
     return 0;
 }
 
+/* Q4_K, step 1: the step s >= 0 and offset mn >= 0 (w = s q - mn, q in [0, 15]) of one
+ * sub-block x[32]. The range [min(0, min x), max x] is cut into nmax steps for a few nmax
+ * around 15; for each, x is rounded to q and the line x = s q + b refitted by least
+ * squares (with b kept <= 0: the fit through the origin, s = Sxq / Sqq, when b would be
+ * positive), and the candidate with the least squared error wins. x holds finite values;
+ * returns -1 if its range or the sums overflow. */
+static int q4_k_fit(const float *x, float *s_out, float *mn_out) {
+    static const float nmax[] = {14.0f, 14.25f, 14.5f, 14.75f, 15.0f, 15.25f, 15.5f, 15.75f, 16.0f};
+    float lo[8], hi[8];
+    for (int k = 0; k < 8; k++) lo[k] = hi[k] = x[k];
+    for (int j = 8; j < QK; j += 8)
+        for (int k = 0; k < 8; k++) {
+            lo[k] = x[j + k] < lo[k] ? x[j + k] : lo[k];
+            hi[k] = x[j + k] > hi[k] ? x[j + k] : hi[k];
+        }
+    for (int k = 1; k < 8; k++) {
+        lo[0] = lo[k] < lo[0] ? lo[k] : lo[0];
+        hi[0] = hi[k] > hi[0] ? hi[k] : hi[0];
+    }
+    const float xmin = lo[0] < 0 ? lo[0] : 0.0f, range = hi[0] - xmin;
+    if (!(range <= 3.4e38f)) return -1;
+    *s_out = 0;
+    *mn_out = 0.0f - xmin;            /* a constant block (zero, or one value <= 0): exact */
+    if (!(range >= 1e-30f)) return 0;
+    float best = INFINITY;
+    for (size_t c = 0; c < sizeof nmax / sizeof nmax[0]; c++) {
+        const float is = nmax[c] / range;
+        float qc[QK], sq[8] = {0}, sqq[8] = {0}, sx[8] = {0}, sxq[8] = {0};
+        for (int j = 0; j < QK; j += 8)
+            for (int k = 0; k < 8; k++) {
+                float v = x[j + k] - xmin;
+                v = v * is;
+                v = (v + RND_MAGIC) - RND_MAGIC;
+                v = v > 15.0f ? 15.0f : v < 0.0f ? 0.0f : v;
+                qc[j + k] = v;
+                float xv = x[j + k] * v;
+                sq[k] += v;
+                sqq[k] += v * v;      /* small integers: exact */
+                sx[k] += x[j + k];
+                sxq[k] += xv;
+            }
+        for (int k = 1; k < 8; k++) {
+            sq[0] += sq[k];
+            sqq[0] += sqq[k];
+            sx[0] += sx[k];
+            sxq[0] += sxq[k];
+        }
+        const float n = (float)QK, det = n * sqq[0] - sq[0] * sq[0]; /* exact: integers below 2^18 */
+        float s = 0, b = sx[0] / n;   /* all q equal: the mean */
+        if (det > 0) {
+            float t1 = n * sxq[0], t2 = sq[0] * sx[0], t3 = sqq[0] * sx[0], t4 = sq[0] * sxq[0];
+            s = (t1 - t2) / det;
+            b = (t3 - t4) / det;
+        }
+        if (b > 0) {
+            b = 0;
+            s = sqq[0] > 0 ? sxq[0] / sqq[0] : 0.0f;
+        }
+        if (!(s >= 0 && s <= 3.4e38f && b >= -3.4e38f)) continue;
+        float e[8] = {0};
+        for (int j = 0; j < QK; j += 8)
+            for (int k = 0; k < 8; k++) {
+                float v = qc[j + k] * s;
+                v = v + b;
+                v = v - x[j + k];
+                float v2 = v * v;
+                e[k] += v2;
+            }
+        for (int k = 1; k < 8; k++) e[0] += e[k];
+        if (e[0] < best) {
+            best = e[0];
+            *s_out = s;
+            *mn_out = 0.0f - b;
+        }
+    }
+    return best < INFINITY ? 0 : -1; /* none: the sums overflowed (values near the float range) */
+}
+
+/* Q4_K of one row's super-block x[256]: halves d and dmin, sc[8] and m[8] in [0, 63],
+ * q[256] in [0, 15]. Each sub-block is fitted (q4_k_fit); d and dmin are the largest step
+ * and offset over 63; each sub-block then takes, of the 3 x 3 pairs (sc, m) around
+ * (s / d, mn / dmin) with d and dmin as stored, the one whose re-rounded quants have the
+ * least squared error. Returns -1 if x holds a non-finite value or d or dmin is beyond
+ * the range of a half. */
+static int q4_k_superblock(const float *x, uint16_t *d, uint16_t *dmin, uint8_t *sc, uint8_t *mq, uint8_t *q) {
+    float s[QKS], mn[QKS], smax = 0, mmax = 0;
+    for (int j = 0; j < QKS; j++) {
+        if (!(absmax32(x + j * QK) <= 3.4e38f) || q4_k_fit(x + j * QK, &s[j], &mn[j])) return -1;
+        smax = s[j] > smax ? s[j] : smax;
+        mmax = mn[j] > mmax ? mn[j] : mmax;
+    }
+    *d = f32_to_f16(smax / 63.0f);
+    *dmin = f32_to_f16(mmax / 63.0f);
+    const float D = f16_to_f32(*d), M = f16_to_f32(*dmin);
+    if (isinf(D) || isinf(M)) return -1;
+    for (int j = 0; j < QKS; j++) {
+        const float *xb = x + j * QK;
+        float c0 = D > 0 ? s[j] / D : 0.0f, m0 = M > 0 ? mn[j] / M : 0.0f;
+        c0 = (c0 + RND_MAGIC) - RND_MAGIC;
+        m0 = (m0 + RND_MAGIC) - RND_MAGIC;
+        c0 = c0 > 63.0f ? 63.0f : c0;
+        m0 = m0 > 63.0f ? 63.0f : m0;
+        static const float step[3] = {0.0f, -1.0f, 1.0f}; /* the rounded pair first: it wins ties */
+        float best = INFINITY;
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++) {
+                const float cs = c0 + step[a], cm = m0 + step[b];
+                if (cs < 0 || cs > 63.0f || cm < 0 || cm > 63.0f) continue;
+                const float S = D * cs, N = M * cm, iS = S > 0 ? 1.0f / S : 0.0f; /* S, N exact */
+                float qc[QK], e[8] = {0};
+                for (int i = 0; i < QK; i += 8)
+                    for (int k = 0; k < 8; k++) {
+                        float v = xb[i + k] + N;
+                        v = v * iS;
+                        v = (v + RND_MAGIC) - RND_MAGIC;
+                        v = v > 15.0f ? 15.0f : v < 0.0f ? 0.0f : v;
+                        qc[i + k] = v;
+                        float w = S * v;
+                        w = w - N;
+                        w = w - xb[i + k];
+                        float w2 = w * w;
+                        e[k] += w2;
+                    }
+                for (int k = 1; k < 8; k++) e[0] += e[k];
+                if (e[0] < best) {
+                    best = e[0];
+                    sc[j] = (uint8_t)(int)cs;
+                    mq[j] = (uint8_t)(int)cm;
+                    for (int i = 0; i < QK; i++) q[j * QK + i] = (uint8_t)(int)qc[i];
+                }
+            }
+    }
+    return 0;
+}
+
+/* Sub-block j's 6-bit scale and min for row r of a Q4_K tile t. */
+static void q4k_scale_min(const uint8_t *t, int j, int r, int *sc, int *m) {
+    const int lo = t[64 + 16 * j + r], hi = t[192 + 16 * (j % 4) + r] >> (4 * (j / 4));
+    *sc = (lo & 15) | (hi & 3) << 4;
+    *m = lo >> 4 | (hi & 12) << 2;
+}
+
+static float half_at(const uint8_t *p, int i) { return f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8)); }
+
+/* A Q4_K row group: x holds 16 rows of cols_p floats (cols_p a multiple of 32); the last
+ * tile gets only the sub-blocks that have columns. */
+static int quant_group_q4k(const float *x, size_t cols_p, uint8_t *out) {
+    for (size_t sb = 0; sb * QKK < cols_p; sb++) {
+        uint8_t *t = out + sb * Q4K_TILE;
+        const size_t n = cols_p - sb * QKK < QKK ? cols_p - sb * QKK : QKK;
+        memset(t + 192, 0, 64);
+        for (int r = 0; r < QR; r++) {
+            uint16_t d, dmin;
+            uint8_t sc[QKS], m[QKS], q[QKK];
+            float xs[QKK] = {0};
+            memcpy(xs, x + (size_t)r * cols_p + sb * QKK, n * sizeof(float));
+            if (q4_k_superblock(xs, &d, &dmin, sc, m, q)) return -1;
+            t[2 * r] = (uint8_t)(d & 0xff);
+            t[2 * r + 1] = (uint8_t)(d >> 8);
+            t[32 + 2 * r] = (uint8_t)(dmin & 0xff);
+            t[32 + 2 * r + 1] = (uint8_t)(dmin >> 8);
+            for (int j = 0; j < QKS; j++) {
+                t[64 + 16 * j + r] = (uint8_t)((sc[j] & 15) | (m[j] & 15) << 4);
+                t[192 + 16 * (j % 4) + r] |= (uint8_t)(((sc[j] >> 4) | (m[j] >> 4) << 2) << (4 * (j / 4)));
+                if ((size_t)j * QK >= n) continue; /* zero columns: sc = m = 0, no quants stored */
+                uint8_t *p = t + 256 + 256 * j + 4 * r;
+                for (int c = 0; c < QK / 2; c++) p[64 * (c / 4) + c % 4] = (uint8_t)(q[QK * j + c] | q[QK * j + c + 16] << 4);
+            }
+        }
+    }
+    return 0;
+}
+
 /* Quantizes one row group: x holds 16 rows of cols_p floats (cols_p = nb * 32, rows and
- * columns past the matrix already zero) and out receives its nb tiles. Returns -1 on a
- * value that cannot be quantized. */
+ * columns past the matrix already zero) and out receives its tiles (qgroup_bytes). Returns
+ * -1 on a value that cannot be quantized. */
 static int quant_group(int dt, const float *x, size_t cols_p, uint8_t *out) {
+    if (dt == DT_Q4_K) return quant_group_q4k(x, cols_p, out);
     const size_t nb = cols_p / QK, tile = qtile_bytes(dt);
     for (size_t b = 0; b < nb; b++) {
         uint8_t *t = out + b * tile;
@@ -275,6 +475,28 @@ static int quant_group(int dt, const float *x, size_t cols_p, uint8_t *out) {
 /* Dequantizes row r (of a matrix with `cols` columns) from quantized data: the reference
  * meaning of the formats above. */
 static void qrow_dequant(int dt, const uint8_t *data, size_t cols, size_t r, float *out) {
+    if (dt == DT_Q4_K) { /* w = (d * sc) * q - dmin * m */
+        const size_t ns = (cols + QKK - 1) / QKK;
+        const int lr = (int)(r % QR);
+        const uint8_t *g = data + (r / QR) * qgroup_bytes(DT_Q4_K, cols);
+        for (size_t sb = 0; sb < ns; sb++) {
+            const uint8_t *t = g + sb * Q4K_TILE;
+            const float d = half_at(t, lr), dmin = half_at(t + 32, lr);
+            for (int j = 0; j < QKS && sb * QKK + (size_t)j * QK < cols; j++) {
+                const size_t c0 = sb * QKK + (size_t)j * QK, n = cols - c0 < QK ? cols - c0 : QK;
+                int sc, m;
+                q4k_scale_min(t, j, lr, &sc, &m);
+                const float ds = d * (float)sc, dm = dmin * (float)m;
+                const uint8_t *p = t + 256 + 256 * j + 4 * lr;
+                for (size_t c = 0; c < n; c++) {
+                    uint8_t v = p[64 * ((c % 16) / 4) + c % 4];
+                    float w = ds * (float)(c < 16 ? v & 15 : v >> 4);
+                    out[c0 + c] = w - dm;
+                }
+            }
+        }
+        return;
+    }
     const size_t nb = (cols + QK - 1) / QK, tile = qtile_bytes(dt), lr = r % QR;
     const uint8_t *g = data + (r / QR) * nb * tile;
     for (size_t b = 0; b < nb; b++) {
@@ -642,7 +864,7 @@ static int dtype_parse(const char *s, int *dt, size_t *size) {
 }
 
 static const char *dtype_name(int dt) {
-    static const char *const n[] = {"F32", "BF16", "F16", "F8_E4M3", "q8_0", "q4_0", "other"};
+    static const char *const n[] = {"F32", "BF16", "F16", "F8_E4M3", "q8_0", "q4_0", "q4_k", "other"};
     return n[dt];
 }
 
@@ -662,7 +884,7 @@ static int span_cmp(const void *a, const void *b) {
 
 /* The block types named in a dseek file's __metadata__ (section 11). */
 static int qtype_parse(const char *s) {
-    return !strcmp(s, "q8_0") ? DT_Q8_0 : !strcmp(s, "q4_0") ? DT_Q4_0 : -1;
+    return !strcmp(s, "q8_0") ? DT_Q8_0 : !strcmp(s, "q4_0") ? DT_Q4_0 : !strcmp(s, "q4_k") ? DT_Q4_K : -1;
 }
 
 /* A dseek-quantized file (__metadata__ "format": "dseek") describes each quantized tensor
@@ -692,7 +914,7 @@ static int st_quant_meta(const char *path, const cJSON *h, TensorTable *qm, char
             return DSEEK_EFORMAT;
         }
         if ((e.dtype = qtype_parse(ty)) < 0) {
-            seterr(err, errlen, "%s: %s: unknown block type \"%s\" (dseek knows q8_0, q4_0)", path, name, ty);
+            seterr(err, errlen, "%s: %s: unknown block type \"%s\" (dseek knows q8_0, q4_0, q4_k)", path, name, ty);
             return DSEEK_EFORMAT;
         }
         /* at most 2^50 elements, as for any safetensors shape: the byte count then fits */
@@ -939,7 +1161,7 @@ typedef struct {
                                  Q8_0 / Q4_0: row groups of tiles (section 1) */
     const float *scale;       /* F8 only: scale_inv [ceil(rows/br), ceil(cols/bc)] */
     size_t rows, cols;
-    int dtype;                /* DT_F32 / DT_BF16 / DT_F16 / DT_F8 / DT_Q8_0 / DT_Q4_0 */
+    int dtype;                /* DT_F32 / DT_BF16 / DT_F16 / DT_F8 / DT_Q8_0 / DT_Q4_0 / DT_Q4_K */
     int br, bc;               /* F8 block size */
     size_t scols;             /* columns of the scale grid */
 } Tensor;
@@ -996,7 +1218,7 @@ struct dseek_model {
     size_t bytes_mtp_fixed;   /* weight bytes an MTP step reads besides routed experts */
     size_t max_in;            /* largest input dim of any matmul */
     size_t max_inter;         /* largest MLP width */
-    int quant_to;             /* --quant: DT_Q8_0 / DT_Q4_0 to quantize matrices at load, else 0 */
+    int quant_to;             /* --quant: DT_Q8_0 / DT_Q4_0 / DT_Q4_K to quantize matrices at load, else 0 */
     int load, lock;           /* dseek_load_cfg's load and mlock */
     int progress;             /* print a progress bar while quantizing at load */
     size_t q_total, q_done;   /* source bytes to quantize at load, and done */
@@ -1053,7 +1275,7 @@ static size_t tensor_bytes(const Tensor *t);
  * quant_target names is quantized here, and its source pages are let go. */
 static int bind_matrix(dseek_model *m, Tensor *t, const char *name, size_t rows, size_t cols, char *err, size_t errlen) {
     TensorEntry *e;
-    int rc = find_tensor(m, name, 1 << DT_F32 | 1 << DT_BF16 | 1 << DT_F16 | 1 << DT_F8 | 1 << DT_Q8_0 | 1 << DT_Q4_0,
+    int rc = find_tensor(m, name, 1 << DT_F32 | 1 << DT_BF16 | 1 << DT_F16 | 1 << DT_F8 | 1 << DT_Q8_0 | 1 << DT_Q4_0 | 1 << DT_Q4_K,
                          rows, cols, &e, err, errlen);
     if (rc) return rc;
     memset(t, 0, sizeof *t);
@@ -1122,7 +1344,8 @@ static void tensor_row(const Tensor *t, size_t r, float *out) {
         break;
     }
     case DT_Q8_0:
-    case DT_Q4_0: qrow_dequant(t->dtype, t->data, n, r, out); break;
+    case DT_Q4_0:
+    case DT_Q4_K: qrow_dequant(t->dtype, t->data, n, r, out); break;
     default: DS_ASSERT(0);
     }
 }
@@ -1148,6 +1371,30 @@ static int check_copy(const dseek_model *m, const TensorEntry *e, const char *na
 /* Dequantizes the nr rows of one row group (its tiles at g) into out[nr, cols]: the same
  * values as qrow_dequant row by row, a tile at a time, in the order the bytes lie. */
 static void qgroup_dequant(int dt, const uint8_t *g, size_t cols, float *out, int nr) {
+    if (dt == DT_Q4_K) {
+        for (size_t sb = 0; sb * QKK < cols; sb++) {
+            const uint8_t *t = g + sb * Q4K_TILE;
+            for (int j = 0; j < QKS && sb * QKK + (size_t)j * QK < cols; j++) {
+                const size_t c0 = sb * QKK + (size_t)j * QK, n = cols - c0 < QK ? cols - c0 : QK;
+                const uint8_t *p = t + 256 + 256 * j;
+                float v[QR][QK];
+                for (int r = 0; r < QR; r++) {
+                    int sc, m;
+                    q4k_scale_min(t, j, r, &sc, &m);
+                    const float ds = half_at(t, r) * (float)sc, dm = half_at(t + 32, r) * (float)m;
+                    for (int k = 0; k < 4; k++)
+                        for (int i = 0; i < 4; i++) {
+                            uint8_t q = p[64 * k + 4 * r + i];
+                            float lo = ds * (float)(q & 15), hi = ds * (float)(q >> 4);
+                            v[r][4 * k + i] = lo - dm;
+                            v[r][16 + 4 * k + i] = hi - dm;
+                        }
+                }
+                for (int r = 0; r < nr; r++) memcpy(out + (size_t)r * cols + c0, v[r], n * sizeof(float));
+            }
+        }
+        return;
+    }
     const size_t nb = (cols + QK - 1) / QK, tile = qtile_bytes(dt);
     for (size_t b = 0; b < nb; b++) {
         const uint8_t *t = g + b * tile, *p = t + 32;
@@ -1193,7 +1440,7 @@ static int quant_target(const char *name) {
  * never expanded beyond 16 rows of float32 per thread. Returns 0, 1 if a value cannot be
  * quantized (not finite, or a block scale beyond the range of a half), 2 out of memory. */
 static int quantize_groups(const Tensor *src, int dt, size_t g0, size_t g1, uint8_t *out) {
-    const size_t cols_p = round_up(src->cols, QK), gbytes = cols_p / QK * qtile_bytes(dt);
+    const size_t cols_p = round_up(src->cols, QK), gbytes = qgroup_bytes(dt, src->cols);
     int bad = 0;
 #pragma omp parallel reduction(| : bad)
     {
@@ -1408,7 +1655,7 @@ static int build_kb_t(dseek_model *m, Layer *ly) {
     const size_t nope = (size_t)c->qk_nope_head_dim, vd = (size_t)c->v_head_dim, hrows = nope + vd;
     if (!is_quant(ly->kv_b.dtype) || nope % QR || vd % QR || R % QR) return 0;
     const size_t nope_p = round_up(nope, QK), gbytes = nope_p / QK * qtile_bytes(DT_Q8_0);
-    const size_t gb_kvb = (R + QK - 1) / QK * qtile_bytes(ly->kv_b.dtype);
+    const size_t gb_kvb = qgroup_bytes(ly->kv_b.dtype, R);
     uint8_t *out = model_own(m, H * (R / QR) * gbytes);
     float *wuk = malloc(nope * R * sizeof(float)), *buf = calloc(QR * nope_p, sizeof(float));
     int rc = out && wuk && buf ? 0 : DSEEK_ENOMEM;
@@ -1589,7 +1836,15 @@ done:
 }
 
 int dseek_quant_parse(const char *name) {
-    return !strcmp(name, "q8_0") ? DSEEK_QUANT_Q8_0 : !strcmp(name, "q4_0") ? DSEEK_QUANT_Q4_0 : -1;
+    return !strcmp(name, "q8_0")   ? DSEEK_QUANT_Q8_0
+           : !strcmp(name, "q4_0") ? DSEEK_QUANT_Q4_0
+           : !strcmp(name, "q4_k") ? DSEEK_QUANT_Q4_K
+                                   : -1;
+}
+
+/* DSEEK_QUANT_* -> the block dtype, or -1 */
+static int quant_dtype(int quant) {
+    return quant == DSEEK_QUANT_Q8_0 ? DT_Q8_0 : quant == DSEEK_QUANT_Q4_0 ? DT_Q4_0 : quant == DSEEK_QUANT_Q4_K ? DT_Q4_K : -1;
 }
 
 static int qkernels_init(char *err, size_t errlen);
@@ -1620,13 +1875,13 @@ int dseek_model_open_cfg(const char *dir, const dseek_load_cfg *cfg, dseek_model
         m->lock = cfg->mlock;
     }
     if (cfg && cfg->quant) {
-        if (cfg->quant != DSEEK_QUANT_Q8_0 && cfg->quant != DSEEK_QUANT_Q4_0) {
+        if (quant_dtype(cfg->quant) < 0) {
             seterr(err, errlen, "unknown quantization type %d", cfg->quant);
             free(m->dir);
             free(m);
             return DSEEK_EARG;
         }
-        m->quant_to = cfg->quant == DSEEK_QUANT_Q8_0 ? DT_Q8_0 : DT_Q4_0;
+        m->quant_to = quant_dtype(cfg->quant);
         m->progress = cfg->progress;
     }
     int rc = config_parse(dir, &m->c, err, errlen);
@@ -1708,21 +1963,24 @@ static long long stored_nonfinite(const uint8_t *p, size_t nbytes, int dtype, in
     return -1;
 }
 
-/* The same for a Q8_0 / Q4_0 tensor: its weights are non-finite exactly when a block scale
- * (a half) is; returns the index of the block's first weight, row * cols + column. Scales
- * of the padding rows of the last group are never used and not checked. */
+/* The same for a Q8_0 / Q4_0 / Q4_K tensor: its weights are non-finite exactly when a block
+ * scale (a half: Q4_K's d or dmin) is; returns the index of the block's first weight,
+ * row * cols + column. Scales of the padding rows of the last group are never used and not
+ * checked. */
 static long long qstored_nonfinite(const TensorEntry *e, int *nan) {
-    const size_t rows = e->shape[0], cols = e->shape[1], nb = (cols + QK - 1) / QK, tile = qtile_bytes(e->dtype);
+    const size_t rows = e->shape[0], cols = e->shape[1], bc = qtile_cols(e->dtype), nb = (cols + bc - 1) / bc;
+    const size_t tile = qtile_bytes(e->dtype), gb = qgroup_bytes(e->dtype, cols);
     for (size_t g = 0; g * QR < rows; g++)
         for (size_t b = 0; b < nb; b++) {
-            const uint8_t *t = e->data + (g * nb + b) * tile;
-            for (size_t r = 0; r < QR && g * QR + r < rows; r++) {
-                uint16_t h = (uint16_t)(t[2 * r] | t[2 * r + 1] << 8);
-                if ((h & 0x7c00) == 0x7c00) {
-                    *nan = (h & 0x3ff) != 0;
-                    return (long long)((g * QR + r) * cols + b * QK);
+            const uint8_t *t = e->data + g * gb + b * tile;
+            for (size_t r = 0; r < QR && g * QR + r < rows; r++)
+                for (int k = 0; k < (e->dtype == DT_Q4_K ? 2 : 1); k++) {
+                    uint16_t h = (uint16_t)(t[32 * k + 2 * r] | t[32 * k + 2 * r + 1] << 8);
+                    if ((h & 0x7c00) == 0x7c00) {
+                        *nan = (h & 0x3ff) != 0;
+                        return (long long)((g * QR + r) * cols + b * bc);
+                    }
                 }
-            }
         }
     return -1;
 }
@@ -1839,7 +2097,16 @@ double dseek_memory_bandwidth(size_t bytes) {
  *
  * where isum is the exact int32 sum of q_w * q_x (q_w - 8 for Q4_0), each product and sum
  * a single float operation (a multiply, then an add: no fused multiply-add) in exactly
- * this order. The portable kernel computes that formula one row at a time; the SIMD ones
+ * this order. Q4_K's sub-blocks are the same 32 columns, with an offset: with ds = d * sc
+ * and dm = dmin * m (both exact), isum the int32 sum of q_w * q_x (q_w in 0..15) and sx
+ * the activation block's sum of q_x,
+ *
+ *   y[t][r] = sum over sub-blocks b, in order, of
+ *             (float)isum(t, r, b) * (ds[r][b] * dx[t][b])  -  dm[r][b] * ((float)sx[t][b] * dx[t][b])
+ *
+ * (each sub-block's term computed whole, then added: one add per sub-block in the
+ * accumulator's dependency chain). The
+ * portable kernel computes these formulas one row at a time; the SIMD ones
  * do 16 rows at once, one per lane, with the same operations, so every kernel gives the
  * same bits (tests/test_quant.c holds them together). The error against float32
  * activations is that of rounding x to 8 bits per block: README "Quantized models" gives
@@ -1891,8 +2158,11 @@ static void qact_quantize_ld(QAct *a, const float *x, size_t ldx, size_t cols, i
 /* x[T, cols] with rows cols apart */
 static void qact_quantize(QAct *a, const float *x, size_t cols, int T) { qact_quantize_ld(a, x, cols, cols, T); }
 
-/* One row group: w points at its nb tiles; writes y[t * ys + r] for tokens t < T and rows
- * r < nr (the rows of the group that exist). Every kernel has this signature. */
+/* One row group: w points at its tiles, nb = ceil(cols / 32) is the number of 32-column
+ * blocks of a row (Q8_0, Q4_0: tiles; Q4_K: sub-blocks, ceil(nb / 8) tiles, the last
+ * possibly used in part: activation blocks past nb are never read); writes y[t * ys + r]
+ * for tokens t < T and rows r < nr (the rows of the group that exist). Every kernel has
+ * this signature. */
 typedef void (*QGroupFn)(const uint8_t *w, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys, int nr);
 /* the same for two full row groups, the second gb bytes after the first (NULL: none) */
 typedef void (*QPairFn)(const uint8_t *w, size_t gb, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys);
@@ -1902,7 +2172,44 @@ static float tile_scale(const uint8_t *tile, int r) { return f16_to_f32((uint16_
 /* The reference: the formula above in plain C, for the 16 rows of the group side by side
  * (independent sums, so the compiler may vectorize them without changing a bit). Also the
  * fallback on CPUs without AVX2. */
+static void q4k_portable(const uint8_t *w, size_t nb, const QAct *a, int T, float *y, size_t ys, int nr) {
+    for (int t = 0; t < T; t++) {
+        const int8_t *xq = a->q + (size_t)t * a->cols_p;
+        const float *xd = a->d + (size_t)t * a->nb;
+        const int32_t *xs = a->s + (size_t)t * a->nb;
+        float acc[QR] = {0};
+        for (size_t b = 0; b < nb; b++) {
+            const int j = (int)(b % QKS);
+            const uint8_t *tl = w + b / QKS * Q4K_TILE, *p = tl + 256 + 256 * j;
+            const int8_t *x = xq + b * QK;
+            int32_t isum[QR] = {0};
+            for (int k = 0; k < 4; k++)              /* columns 4k .. 4k+3 and 16+4k .. 16+4k+3 */
+                for (int r = 0; r < QR; r++)
+                    for (int i = 0; i < 4; i++) {
+                        uint8_t v = p[64 * k + 4 * r + i];
+                        isum[r] += (v & 15) * x[4 * k + i] + (v >> 4) * x[16 + 4 * k + i];
+                    }
+            const float xsd = (float)xs[b] * xd[b];
+            for (int r = 0; r < QR; r++) {
+                int sc, m;
+                q4k_scale_min(tl, j, r, &sc, &m);
+                const float ds = half_at(tl, r) * (float)sc, dm = half_at(tl + 32, r) * (float)m;
+                float s = ds * xd[b];
+                float prod = (float)isum[r] * s;
+                float pm = dm * xsd;
+                float term = prod - pm;
+                acc[r] = acc[r] + term;
+            }
+        }
+        memcpy(y + (size_t)t * ys, acc, (size_t)nr * sizeof(float));
+    }
+}
+
 static void qgroup_portable(const uint8_t *w, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys, int nr) {
+    if (dt == DT_Q4_K) {
+        q4k_portable(w, nb, a, T, y, ys, nr);
+        return;
+    }
     const size_t tile = qtile_bytes(dt);
     for (int t = 0; t < T; t++) {
         const int8_t *xq = a->q + (size_t)t * a->cols_p;
@@ -2005,9 +2312,95 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
     for (int t = 0; t < NT; t++) _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ys, (__mmask16)((1u << nr) - 1), acc[t]);
 }
 
+/* The 6-bit scales and mins of a Q4_K tile as bytes: sub-block j's 16 scales at byte
+ * 16 (j % 4) of scm[j / 4], its 16 mins at the same place of scm[2 + j / 4]. */
+static inline __attribute__((always_inline)) AVX512_TARGET void q4k_unpack_avx512(const uint8_t *tl, uint8_t (*scm)[64]) {
+    const __m512i a0 = _mm512_loadu_si512(tl + 64), a1 = _mm512_loadu_si512(tl + 128);
+    const __m512i h = _mm512_loadu_si512(tl + 192), lo4 = _mm512_set1_epi8(0x0f), b45 = _mm512_set1_epi8(0x30);
+    _mm512_store_si512(scm[0], _mm512_or_si512(_mm512_and_si512(a0, lo4), _mm512_and_si512(_mm512_slli_epi16(h, 4), b45)));
+    _mm512_store_si512(scm[1], _mm512_or_si512(_mm512_and_si512(a1, lo4), _mm512_and_si512(h, b45)));
+    _mm512_store_si512(scm[2], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a0, 4), lo4),
+                                               _mm512_and_si512(_mm512_slli_epi16(h, 2), b45)));
+    _mm512_store_si512(scm[3], _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(a1, 4), lo4),
+                                               _mm512_and_si512(_mm512_srli_epi16(h, 2), b45)));
+}
+
+/* Sub-block j's steps d * sc and offsets dmin * m, 16 rows, from the unpacked bytes. */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_scales_avx512(const uint8_t (*scm)[64], int j, __m512 d, __m512 dmin, __m512 *ds, __m512 *dm) {
+    __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[j / 4] + 16 * (j % 4))));
+    __m512i mm = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[2 + j / 4] + 16 * (j % 4))));
+    *ds = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+    *dm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mm));
+}
+
+/* Q4_K with VNNI: per tile, the 6-bit scales and mins of all 8 sub-blocks are unpacked to
+ * bytes with a few 512-bit operations, and each sub-block's 16 are widened to 32-bit lanes
+ * and multiplied by d / dmin once for all tokens; the quants go as Q4_0's, without the -8
+ * (vpdpbusd takes the 0..15 nibbles as they are). */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_avx512_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
+    const __m512i lo4 = _mm512_set1_epi8(0x0f), hi4 = _mm512_set1_epi8((char)0xf0);
+    __m512 acc[4];
+    const int8_t *xq[4];
+    const float *xd[4];
+    const int32_t *xs[4];
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        xq[t] = a->q + (size_t)(t0 + t) * a->cols_p;
+        xd[t] = a->d + (size_t)(t0 + t) * a->nb;
+        xs[t] = a->s + (size_t)(t0 + t) * a->nb;
+    }
+    for (size_t b0 = 0; b0 < nb; b0 += QKS) {
+        const uint8_t *tl = w + b0 / QKS * Q4K_TILE;
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl));
+        const __m512 dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl + 32)));
+        const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
+        uint8_t scm[4][64] __attribute__((aligned(64)));
+        q4k_unpack_avx512(tl, scm);
+        for (int j = 0; j < ns; j++) {
+            const size_t b = b0 + (size_t)j;
+            __m512 ds, dm;
+            q4k_scales_avx512((const uint8_t(*)[64])scm, j, d, dmin, &ds, &dm);
+            const uint8_t *p = tl + 256 + 256 * j;
+            __m512i il[4], ih[4];
+            for (int t = 0; t < NT; t++) il[t] = ih[t] = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) {
+                __m512i v = _mm512_loadu_si512(p + 64 * k);
+                __m512i vl = _mm512_and_si512(v, lo4), vh = _mm512_and_si512(v, hi4);
+                for (int t = 0; t < NT; t++) {
+                    int32_t x0, x1;
+                    memcpy(&x0, xq[t] + b * QK + 4 * k, 4);
+                    memcpy(&x1, xq[t] + b * QK + 16 + 4 * k, 4);
+                    il[t] = _mm512_dpbusd_epi32(il[t], vl, _mm512_set1_epi32(x0));
+                    ih[t] = _mm512_dpbusd_epi32(ih[t], vh, _mm512_set1_epi32(x1));
+                }
+            }
+            for (int t = 0; t < NT; t++) {
+                __m512i isum = _mm512_add_epi32(il[t], _mm512_srai_epi32(ih[t], 4));
+                __m512 s = _mm512_mul_ps(ds, _mm512_set1_ps(xd[t][b]));
+                const float xsd = (float)xs[t][b] * xd[t][b];
+                __m512 term = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(isum), s), _mm512_mul_ps(dm, _mm512_set1_ps(xsd)));
+                acc[t] = _mm512_add_ps(acc[t], term);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++)
+        _mm512_mask_storeu_ps(y + (size_t)(t0 + t) * ys, (__mmask16)((1u << nr) - 1), acc[t]);
+}
+
 AVX512_TARGET static void qgroup_avx512(const uint8_t *w, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys,
                                         int nr) {
     int t = 0;
+    if (dt == DT_Q4_K) {
+        for (; t + 4 <= T; t += 4) q4k_avx512_n(w, nb, a, t, 4, y, ys, nr);
+        switch (T - t) {
+        case 3: q4k_avx512_n(w, nb, a, t, 3, y, ys, nr); break;
+        case 2: q4k_avx512_n(w, nb, a, t, 2, y, ys, nr); break;
+        case 1: q4k_avx512_n(w, nb, a, t, 1, y, ys, nr); break;
+        }
+        return;
+    }
     for (; t + 4 <= T; t += 4) qgroup_avx512_n(w, nb, dt, a, t, 4, y, ys, nr);
     switch (T - t) {
     case 3: qgroup_avx512_n(w, nb, dt, a, t, 3, y, ys, nr); break;
@@ -2084,8 +2477,82 @@ qpair_avx512_n(const uint8_t *w, size_t gb, size_t nb, int dt, const QAct *a, in
         _mm512_storeu_ps(y + (size_t)(t0 + t) * ys + 16, acc[1][t]);
     }
 }
+/* Q4_K, two full row groups at once: each activation broadcast feeds 4 vpdpbusd (2 groups
+ * x low and high nibbles). Per output the operations of q4k_avx512_n, so the same bits. */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_pair_avx512_n(const uint8_t *w, size_t gb, size_t nb, const QAct *a, int t0, const int NT, float *y, size_t ys) {
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    __m512 acc[2][4];
+    const int8_t *xq[4];
+    const float *xd[4];
+    const int32_t *xs[4];
+    for (int t = 0; t < NT; t++) {
+        acc[0][t] = acc[1][t] = _mm512_setzero_ps();
+        xq[t] = a->q + (size_t)(t0 + t) * a->cols_p;
+        xd[t] = a->d + (size_t)(t0 + t) * a->nb;
+        xs[t] = a->s + (size_t)(t0 + t) * a->nb;
+    }
+    for (size_t b0 = 0; b0 < nb; b0 += QKS) {
+        const uint8_t *tl0 = w + b0 / QKS * Q4K_TILE, *tl1 = tl0 + gb;
+        const __m512 d0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl0));
+        const __m512 dmin0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl0 + 32)));
+        const __m512 d1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl1));
+        const __m512 dmin1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl1 + 32)));
+        const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
+        uint8_t scm0[4][64] __attribute__((aligned(64))), scm1[4][64] __attribute__((aligned(64)));
+        q4k_unpack_avx512(tl0, scm0);
+        q4k_unpack_avx512(tl1, scm1);
+        for (int j = 0; j < ns; j++) {
+            const size_t b = b0 + (size_t)j;
+            __m512 ds0, dm0, ds1, dm1;
+            q4k_scales_avx512((const uint8_t(*)[64])scm0, j, d0, dmin0, &ds0, &dm0);
+            q4k_scales_avx512((const uint8_t(*)[64])scm1, j, d1, dmin1, &ds1, &dm1);
+            const uint8_t *p0 = tl0 + 256 + 256 * j, *p1 = tl1 + 256 + 256 * j;
+            /* one accumulator per group and token (high nibbles shifted down: 8 independent
+             * chains hide vpdpbusd's latency, and 32 registers hold it all) */
+            __m512i is0[4], is1[4];
+            for (int t = 0; t < NT; t++) is0[t] = is1[t] = _mm512_setzero_si512();
+            for (int k = 0; k < 4; k++) {
+                __m512i v0 = _mm512_loadu_si512(p0 + 64 * k), v1 = _mm512_loadu_si512(p1 + 64 * k);
+                __m512i v0l = _mm512_and_si512(v0, lo4), v0h = _mm512_and_si512(_mm512_srli_epi16(v0, 4), lo4);
+                __m512i v1l = _mm512_and_si512(v1, lo4), v1h = _mm512_and_si512(_mm512_srli_epi16(v1, 4), lo4);
+                for (int t = 0; t < NT; t++) {
+                    int32_t x0, x1;
+                    memcpy(&x0, xq[t] + b * QK + 4 * k, 4);
+                    memcpy(&x1, xq[t] + b * QK + 16 + 4 * k, 4);
+                    __m512i xb0 = _mm512_set1_epi32(x0), xb1 = _mm512_set1_epi32(x1);
+                    is0[t] = _mm512_dpbusd_epi32(is0[t], v0l, xb0);
+                    is1[t] = _mm512_dpbusd_epi32(is1[t], v1l, xb0);
+                    is0[t] = _mm512_dpbusd_epi32(is0[t], v0h, xb1);
+                    is1[t] = _mm512_dpbusd_epi32(is1[t], v1h, xb1);
+                }
+            }
+            for (int t = 0; t < NT; t++) {
+                const __m512 dx = _mm512_set1_ps(xd[t][b]), xsd = _mm512_set1_ps((float)xs[t][b] * xd[t][b]);
+                __m512 term0 = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(is0[t]), _mm512_mul_ps(ds0, dx)), _mm512_mul_ps(dm0, xsd));
+                __m512 term1 = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(is1[t]), _mm512_mul_ps(ds1, dx)), _mm512_mul_ps(dm1, xsd));
+                acc[0][t] = _mm512_add_ps(acc[0][t], term0);
+                acc[1][t] = _mm512_add_ps(acc[1][t], term1);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        _mm512_storeu_ps(y + (size_t)(t0 + t) * ys, acc[0][t]);
+        _mm512_storeu_ps(y + (size_t)(t0 + t) * ys + 16, acc[1][t]);
+    }
+}
+
 AVX512_TARGET static void qpair_avx512(const uint8_t *w, size_t gb, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys) {
     int t = 0;
+    if (dt == DT_Q4_K) {
+        for (; t + 4 <= T; t += 4) q4k_pair_avx512_n(w, gb, nb, a, t, 4, y, ys);
+        switch (T - t) {
+        case 3: q4k_pair_avx512_n(w, gb, nb, a, t, 3, y, ys); break;
+        case 2: q4k_pair_avx512_n(w, gb, nb, a, t, 2, y, ys); break;
+        case 1: q4k_pair_avx512_n(w, gb, nb, a, t, 1, y, ys); break;
+        }
+        return;
+    }
     for (; t + 4 <= T; t += 4) qpair_avx512_n(w, gb, nb, dt, a, t, 4, y, ys);
     switch (T - t) {
     case 3: qpair_avx512_n(w, gb, nb, dt, a, t, 3, y, ys); break;
@@ -2165,9 +2632,96 @@ qgroup_avx2_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, const 
     }
 }
 
+/* Q4_K with AVX2: the quants as Q4_0's (0..15 through vpmaddubsw), the scales and mins
+ * unpacked as in q4k_avx512_n and widened 8 rows at a time. */
+static inline __attribute__((always_inline)) AVX2_TARGET void
+q4k_avx2_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
+    const __m256i ones = _mm256_set1_epi16(1), lo4 = _mm256_set1_epi8(15);
+    __m256 acc[2][2];
+    const int8_t *xq[2];
+    const float *xd[2];
+    const int32_t *xs[2];
+    for (int t = 0; t < NT; t++) {
+        acc[t][0] = acc[t][1] = _mm256_setzero_ps();
+        xq[t] = a->q + (size_t)(t0 + t) * a->cols_p;
+        xd[t] = a->d + (size_t)(t0 + t) * a->nb;
+        xs[t] = a->s + (size_t)(t0 + t) * a->nb;
+    }
+    for (size_t b0 = 0; b0 < nb; b0 += QKS) {
+        const uint8_t *tl = w + b0 / QKS * Q4K_TILE;
+        __m256 d[2], dmin[2];
+        for (int h = 0; h < 2; h++) {
+            d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(tl + 16 * h)));
+            dmin[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(tl + 32 + 16 * h)));
+        }
+        const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
+        /* the tile's scales and mins as bytes, as in q4k_avx512_n */
+        uint8_t scm[4][64] __attribute__((aligned(32)));
+        for (int i = 0; i < 64; i += 32) {
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(tl + 64 + i));
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(tl + 128 + i));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(tl + 192 + i)), b45 = _mm256_set1_epi8(0x30);
+            _mm256_store_si256((__m256i *)(scm[0] + i),
+                               _mm256_or_si256(_mm256_and_si256(a0, lo4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), b45)));
+            _mm256_store_si256((__m256i *)(scm[1] + i), _mm256_or_si256(_mm256_and_si256(a1, lo4), _mm256_and_si256(hb, b45)));
+            _mm256_store_si256((__m256i *)(scm[2] + i), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a0, 4), lo4),
+                                                                        _mm256_and_si256(_mm256_slli_epi16(hb, 2), b45)));
+            _mm256_store_si256((__m256i *)(scm[3] + i), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a1, 4), lo4),
+                                                                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), b45)));
+        }
+        for (int j = 0; j < ns; j++) {
+            const size_t b = b0 + (size_t)j;
+            __m256 ds[2], dm[2];
+            for (int h = 0; h < 2; h++) {
+                __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(scm[j / 4] + 16 * (j % 4) + 8 * h)));
+                __m256i mm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(scm[2 + j / 4] + 16 * (j % 4) + 8 * h)));
+                ds[h] = _mm256_mul_ps(d[h], _mm256_cvtepi32_ps(sc));
+                dm[h] = _mm256_mul_ps(dmin[h], _mm256_cvtepi32_ps(mm));
+            }
+            const uint8_t *p = tl + 256 + 256 * j;
+            __m256i is[2][2];
+            for (int t = 0; t < NT; t++) is[t][0] = is[t][1] = _mm256_setzero_si256();
+            for (int k = 0; k < 4; k++) {
+                __m256i v0 = _mm256_loadu_si256((const __m256i *)(p + 64 * k));
+                __m256i v1 = _mm256_loadu_si256((const __m256i *)(p + 32 + 64 * k));
+                __m256i l0 = _mm256_and_si256(v0, lo4), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), lo4);
+                __m256i l1 = _mm256_and_si256(v1, lo4), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), lo4);
+                for (int t = 0; t < NT; t++) {
+                    int32_t xl, xh;
+                    memcpy(&xl, xq[t] + b * QK + 4 * k, 4);
+                    memcpy(&xh, xq[t] + b * QK + 16 + 4 * k, 4);
+                    __m256i bl = _mm256_set1_epi32(xl), bh = _mm256_set1_epi32(xh);
+                    __m256i p0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, bl), _mm256_maddubs_epi16(h0, bh));
+                    __m256i p1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, bl), _mm256_maddubs_epi16(h1, bh));
+                    is[t][0] = _mm256_add_epi32(is[t][0], _mm256_madd_epi16(p0, ones));
+                    is[t][1] = _mm256_add_epi32(is[t][1], _mm256_madd_epi16(p1, ones));
+                }
+            }
+            for (int t = 0; t < NT; t++) {
+                const __m256 dx = _mm256_set1_ps(xd[t][b]), xsd = _mm256_set1_ps((float)xs[t][b] * xd[t][b]);
+                for (int h = 0; h < 2; h++) {
+                    __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(is[t][h]), _mm256_mul_ps(ds[h], dx));
+                    acc[t][h] = _mm256_add_ps(acc[t][h], _mm256_sub_ps(p, _mm256_mul_ps(dm[h], xsd)));
+                }
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        float out[QR];
+        _mm256_storeu_ps(out, acc[t][0]);
+        _mm256_storeu_ps(out + 8, acc[t][1]);
+        memcpy(y + (size_t)(t0 + t) * ys, out, (size_t)nr * sizeof(float));
+    }
+}
+
 AVX2_TARGET static void qgroup_avx2(const uint8_t *w, size_t nb, int dt, const QAct *a, int T, float *y, size_t ys,
                                     int nr) {
     int t = 0;
+    if (dt == DT_Q4_K) {
+        for (; t + 2 <= T; t += 2) q4k_avx2_n(w, nb, a, t, 2, y, ys, nr);
+        if (t < T) q4k_avx2_n(w, nb, a, t, 1, y, ys, nr);
+        return;
+    }
     for (; t + 2 <= T; t += 2) qgroup_avx2_n(w, nb, dt, a, t, 2, y, ys, nr);
     if (t < T) qgroup_avx2_n(w, nb, dt, a, t, 1, y, ys, nr);
 }
@@ -2186,7 +2740,7 @@ static int qkernel = -1;
 /* Row groups [g0, g0 + n) (n = 1 or 2) of a quantized W against a: the pair kernel when
  * there is one and both groups are full. */
 static void qgroups(const Tensor *w, size_t g0, int n, const QAct *a, int T, float *y, size_t ys) {
-    const size_t nb = (w->cols + QK - 1) / QK, gb = nb * qtile_bytes(w->dtype), r0 = g0 * QR;
+    const size_t nb = (w->cols + QK - 1) / QK, gb = qgroup_bytes(w->dtype, w->cols), r0 = g0 * QR;
     /* (one Q8_0 token: the single-group kernel measured a little faster) */
     if (n == 2 && qkernels[qkernel].pair && r0 + 2 * QR <= w->rows && (T > 1 || w->dtype != DT_Q8_0)) {
         qkernels[qkernel].pair(w->data + g0 * gb, gb, nb, w->dtype, a, T, y + r0, ys);
@@ -2466,7 +3020,7 @@ static void mlp_forward(dseek_session *s, const MLP *f, const float *x, float *y
 static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
     const size_t R = w->cols;
     if (is_quant(w->dtype)) {
-        const size_t gb = (R + QK - 1) / QK * qtile_bytes(w->dtype), g0 = r0 / QR, ng = (n + QR - 1) / QR;
+        const size_t gb = qgroup_bytes(w->dtype, R), g0 = r0 / QR, ng = (n + QR - 1) / QR;
 #pragma omp parallel for schedule(static) if (!in_parallel())
         for (size_t g = 0; g < ng; g++)
             qgroup_dequant(w->dtype, w->data + (g0 + g) * gb, R, out + g * QR * R, n - g * QR < QR ? (int)(n - g * QR) : QR);
@@ -2580,7 +3134,7 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, i
     const size_t qd = nope + rope, C = R + rope, hrows = nope + vd, B = (size_t)s->n_batch;
     const size_t mp = round_up(R > nope ? R : nope, QK);
     const size_t gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0);
-    const size_t gb_v = round_up(R, QK) / QK * qtile_bytes(ly->kv_b.dtype);
+    const size_t gb_v = qgroup_bytes(ly->kv_b.dtype, R);
     /* a head's T rows of activations: region h of qlat */
 #define HEAD_ACT(h) ((QAct){s->qlat.q + (h) * B * mp, s->qlat.d + (h) * B * mp / QK, s->qlat.s + (h) * B * mp / QK, 0, 0})
 #pragma omp parallel for schedule(static)
@@ -5932,11 +6486,11 @@ static int copy_file(const char *from, const char *to) {
 }
 
 int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress, char *err, size_t errlen) {
-    if (quant != DSEEK_QUANT_Q8_0 && quant != DSEEK_QUANT_Q4_0) {
+    const int dt = quant_dtype(quant);
+    if (dt < 0) {
         seterr(err, errlen, "quantize: unknown type %d", quant);
         return DSEEK_EARG;
     }
-    const int dt = quant == DSEEK_QUANT_Q8_0 ? DT_Q8_0 : DT_Q4_0;
     char path[4096], tmp[4096];
     char *rin = realpath(dir, NULL), *rout = realpath(out_dir, NULL);
     int same = rin && rout && !strcmp(rin, rout);
@@ -6066,7 +6620,7 @@ int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress
         rc = bind_matrix(m, &t, e->name, e->shape[0], e->shape[1], err, errlen);
         m->quant_to = dt;
         if (rc) goto done;
-        const size_t ng = (t.rows + QR - 1) / QR, gb = (t.cols + QK - 1) / QK * qtile_bytes(dt);
+        const size_t ng = (t.rows + QR - 1) / QR, gb = qgroup_bytes(dt, t.cols);
         const size_t per = chunk / gb ? chunk / gb : 1;
         if (gb > chunk) {
             seterr(err, errlen, "%s: %s: rows of %zu columns are too long to quantize", dir, e->name, t.cols);

@@ -99,7 +99,7 @@ static int parse_quant(const char *flag, const char *v) {
     if (!v) die("%s: missing value", flag);
     int q = dseek_quant_parse(v);
     if (q < 0) {
-        fprintf(stderr, "dseek: %s: unknown type \"%s\" (q8_0 or q4_0)\n", flag, v);
+        fprintf(stderr, "dseek: %s: unknown type \"%s\" (q8_0, q4_0 or q4_k)\n", flag, v);
         exit(2);
     }
     return q;
@@ -108,14 +108,14 @@ static int parse_quant(const char *flag, const char *v) {
 static void usage(const char *cmd) {
     if (!cmd || !strcmp(cmd, "quantize"))
         fprintf(stderr,
-                "usage: dseek quantize -m DIR -o OUT --type q8_0|q4_0 [-t THREADS]\n"
+                "usage: dseek quantize -m DIR -o OUT --type q8_0|q4_0|q4_k [-t THREADS]\n"
                 "  writes DIR's model with its matrices in dseek's block format to the folder OUT\n"
                 "  (model.safetensors + config.json + tokenizer files), which dseek mmaps directly;\n"
                 "  embeddings, norms, router and bias are kept as they are. Any command also takes\n"
-                "  --quant q8_0|q4_0 to quantize a plain checkpoint in memory while loading it\n");
+                "  --quant q8_0|q4_0|q4_k to quantize a plain checkpoint in memory while loading it\n");
     if (!cmd || !strcmp(cmd, "bench"))
         fprintf(stderr,
-                "usage: dseek bench -m DIR [-p 512] [-n 128] [-r 3] [-t THREADS] [--json] [--no-mtp] [--quant q8_0|q4_0]\n"
+                "usage: dseek bench -m DIR [-p 512] [-n 128] [-r 3] [-t THREADS] [--json] [--no-mtp] [--quant q8_0|q4_0|q4_k]\n"
                 "                   [--check-tensors]\n"
                 "  prefill of p random tokens and decode of n tokens, repeated r times: tokens/s (mean +- sd),\n"
                 "  model bytes, bytes read per decoded token, latent-cache bytes per token, resident memory,\n"
@@ -124,7 +124,7 @@ static void usage(const char *cmd) {
     if (!cmd || !strcmp(cmd, "logits"))
         fprintf(stderr,
                 "usage: dseek logits -m DIR --tokens 0,5,7,... -o out.npy [--decode | --chunk N] [--mtp] [--routing-out FILE]\n"
-                "                    [-c CTX] [-t THREADS] [--check-tensors] [--quant q8_0|q4_0]\n"
+                "                    [-c CTX] [-t THREADS] [--check-tensors] [--quant q8_0|q4_0|q4_k]\n"
                 "  writes the [T, vocab] float32 logits of every position as a NumPy .npy file\n"
                 "  default: one prefill of all tokens; --decode: one token at a time; --chunk N: N at a time\n"
                 "  --mtp: the MTP head's logits instead, for the inputs tokens[1:] + [argmax of the last row]\n"
@@ -135,7 +135,7 @@ static void usage(const char *cmd) {
                         "  tokenizer.json and tokenizer_config.json in DIR\n");
     if (!cmd || !strcmp(cmd, "chat"))
         fprintf(stderr, "usage: dseek chat -m DIR [--system TEXT] [-n MAX_REPLY] [--temp T] [--top-k K] [--top-p P]\n"
-                        "                  [--min-p P] [--seed S] [-c CTX] [-t THREADS] [--hide-think] [--no-mtp] [--quant q8_0|q4_0]\n"
+                        "                  [--min-p P] [--seed S] [-c CTX] [-t THREADS] [--hide-think] [--no-mtp] [--quant q8_0|q4_0|q4_k]\n"
                         "                  [--check-tensors]\n"
                         "  interactive chat with the model's template; each turn computes only its new tokens.\n"
                         "  commands: /reset (forget the conversation), /exit (or Ctrl-D). Reads piped stdin too.\n");
@@ -144,7 +144,7 @@ static void usage(const char *cmd) {
                 "usage: dseek run -m DIR (-p TEXT | -f FILE | --tokens 0,5,7) [--chat] [--system TEXT] [-n N]\n"
                 "                 [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
                 "                 [--seed S] [--ids] [-c CTX] [-b BATCH] [-t THREADS] [--no-mtp] [--draft N] [--no-adaptive]\n"
-                "                 [--check-tensors] [--quant q8_0|q4_0]\n"
+                "                 [--check-tensors] [--quant q8_0|q4_0|q4_k]\n"
                 "  streams the completion (or with --ids the token ids) to stdout, stopping at eos or after N\n"
                 "  tokens; --chat wraps the prompt in the model's chat template; --hide-think hides R1 thinking\n"
                 "  models with an MTP layer draft with it (speculative decoding, same output):\n"
@@ -922,7 +922,7 @@ static int cmd_quantize(int argc, char **argv) {
     Args a;
     parse_args(argc, argv, &a, "quantize");
     if (!a.out) die("%s", "quantize: -o OUT (the output folder) is required");
-    if (!a.quant) die("%s", "quantize: --type q8_0|q4_0 is required");
+    if (!a.quant) die("%s", "quantize: --type q8_0|q4_0|q4_k is required");
     dseek_set_threads(a.threads);
     char err[1024];
     double t0 = now_s();
@@ -943,7 +943,7 @@ int main(int argc, char **argv) {
                         "  chat     interactive chat\n"
                         "  tokenize print the token ids of a text\n"
                         "  bench    measure prefill and decode speed\n"
-                        "  quantize write a model with Q8_0 / Q4_0 matrices\n");
+                        "  quantize write a model with Q8_0 / Q4_0 / Q4_K matrices\n");
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "logits")) return cmd_logits(argc, argv);

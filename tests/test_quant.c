@@ -7,12 +7,14 @@
  * Checks:
  *   1. f32_to_f16 rounds like the F16C instruction (when the CPU has it) and round-trips
  *      every half;
- *   2. the tile layout is the one section 1 of dseek.c documents, byte for byte;
- *   3. Q8_0 / Q4_0 block errors: Q8_0 within half a step, Q4_0 never worse than the
- *      plain max/-8 rule on the same data;
+ *   2. the tile layout is the one section 1 of dseek.c documents, byte for byte (Q4_K:
+ *      its scales, mins and quants read back from the documented places, full and partial
+ *      super-blocks);
+ *   3. Q8_0 / Q4_0 / Q4_K block errors: Q8_0 within half a step, Q4_0 never worse than the
+ *      plain max/-8 rule on the same data, Q4_K below Q4_0 on the same rows;
  *   4. every kernel this CPU runs gives the same bits as the portable one, for odd shapes
- *      (partial row groups and column blocks) and 1..20 tokens, through the threaded
- *      product too;
+ *      (partial row groups, column blocks and Q4_K super-blocks) and 1..20 tokens, through
+ *      the threaded product too; Q4_K's padding columns contribute exactly nothing;
  *   5. the portable kernel against float64 products of the dequantized weights with the
  *      float activations: within the bound that 8-bit activation rounding allows;
  *   6. non-finite activations give NaN rows; zero activations give exact zeros;
@@ -98,8 +100,38 @@ static void test_layout(void) {
             bad += row[c] != 2.0f * (float)((c < 16 ? v & 15 : v >> 4) - 8);
         }
     }
+    /* Q4_K: two super-blocks of random bytes with sane halves (d = 1.0 - r/64, dmin =
+     * 0.5 + r/64), read as a [16, 288] and a [16, 256 + 200] matrix */
+    const uint64_t rng_saved = rng; /* the tests after this one see the random numbers they always did */
+    uint8_t *tk = malloc(2 * Q4K_TILE);
+    for (int i = 0; i < 2 * Q4K_TILE; i++) tk[i] = (uint8_t)rnd32();
+    for (int s = 0; s < 2; s++)
+        for (int r = 0; r < QR; r++) {
+            uint16_t d = f32_to_f16(1.0f - r / 64.0f), dm = f32_to_f16(0.5f + r / 64.0f);
+            uint8_t *t = tk + s * Q4K_TILE;
+            t[2 * r] = (uint8_t)d; t[2 * r + 1] = (uint8_t)(d >> 8);
+            t[32 + 2 * r] = (uint8_t)dm; t[32 + 2 * r + 1] = (uint8_t)(dm >> 8);
+        }
+    static const size_t kcols[] = {288, 456};
+    float rowk[512];
+    for (int ci = 0; ci < 2; ci++)
+        for (int r = 0; r < QR; r++) {
+            qrow_dequant(DT_Q4_K, tk, kcols[ci], (size_t)r, rowk);
+            for (size_t c = 0; c < kcols[ci]; c++) {
+                const uint8_t *t = tk + c / 256 * Q4K_TILE;
+                int j = (int)(c % 256 / 32), cc = (int)(c % 32);
+                int lo = t[64 + 16 * j + r], hi = t[192 + 16 * (j % 4) + r] >> (4 * (j / 4));
+                int sc = (lo & 15) + 16 * (hi & 3), m = (lo >> 4) + 16 * ((hi >> 2) & 3);
+                uint8_t v = t[256 + 256 * j + 64 * ((cc % 16) / 4) + 4 * r + cc % 4];
+                int q = cc < 16 ? v & 15 : v >> 4;
+                double want = (double)(1.0f - r / 64.0f) * sc * q - (double)(0.5f + r / 64.0f) * m;
+                bad += rowk[c] != (float)want; /* both products exact, one rounding */
+            }
+        }
+    free(tk);
+    rng = rng_saved;
     CHECK(!bad, "%d values of a tile are not where section 1 of dseek.c says", bad);
-    if (!bad) printf("ok   tile layout as documented (Q8_0, Q4_0)\n");
+    if (!bad) printf("ok   tile layout as documented (Q8_0, Q4_0, Q4_K full and partial super-blocks)\n");
 }
 
 /* ---- 3. block errors ---- */
@@ -148,6 +180,60 @@ static void test_blocks(void) {
     CHECK(e4 < e4plain, "Q4_0 relative error %.4f not below the plain rule's %.4f", sqrt(e4 / n), sqrt(e4plain / n));
     printf("ok   block errors (relative RMS): q8_0 %.5f, q4_0 %.4f (plain max/-8 rule %.4f)\n", sqrt(e8 / n),
            sqrt(e4 / n), sqrt(e4plain / n));
+
+    /* Q4_K against Q4_0 on the same 256-wide rows: Gaussian rows whose sub-blocks have
+     * scales spread over 1:8, skewed rows (|normal| or a shifted normal), rare outliers */
+    static const char *const kind[] = {"gaussian", "skewed", "outliers"};
+    for (int kd = 0; kd < 3; kd++) {
+        double ek = 0, e0 = 0;
+        int worse_k = 0;
+        const int rows = 3000;
+        for (int it = 0; it < rows; it++) {
+            float x[QKK], sub[QKS];
+            float scale = expf(rnd_normal() * 2);
+            scale = scale > 1e3f ? 1e3f : scale < 1e-3f ? 1e-3f : scale; /* Q4_0's halves stay in range */
+            for (int j = 0; j < QKS; j++) sub[j] = scale * (0.125f + rnd_uniform());
+            for (int i = 0; i < QKK; i++) {
+                float g = rnd_normal();
+                if (kd == 1) g = it % 2 ? fabsf(g) : g + 1.5f;
+                if (kd == 2 && rnd32() % 64 == 0) g *= 8;
+                x[i] = g * sub[i / QK];
+            }
+            uint16_t d, dmin, d0;
+            uint8_t sc[QKS], m[QKS], q[QKK], q0[QK];
+            CHECK(!q4_k_superblock(x, &d, &dmin, sc, m, q), "q4_k_superblock refused finite data");
+            double sk = 0, s0 = 0, ss = 0;
+            for (int j = 0; j < QKS; j++) {
+                CHECK(sc[j] < 64 && m[j] < 64, "6-bit scale out of range");
+                float ds = f16_to_f32(d) * sc[j], dm = f16_to_f32(dmin) * m[j];
+                CHECK(!q4_0_block(x + j * QK, &d0, q0), "q4_0_block refused finite data");
+                for (int i = 0; i < QK; i++) {
+                    double ek1 = x[j * QK + i] - ((double)ds * q[j * QK + i] - dm);
+                    double e01 = x[j * QK + i] - (double)f16_to_f32(d0) * (q0[i] - 8);
+                    CHECK(q[j * QK + i] < 16, "4-bit quant out of range");
+                    sk += ek1 * ek1;
+                    s0 += e01 * e01;
+                    ss += (double)x[j * QK + i] * x[j * QK + i];
+                }
+            }
+            worse_k += sk > s0;
+            ek += sk / ss;
+            e0 += s0 / ss;
+        }
+        CHECK(ek < e0 * (kd == 0 ? 0.95 : 0.8), "Q4_K relative error %.4f not clearly below Q4_0's %.4f (%s rows)",
+              sqrt(ek / rows), sqrt(e0 / rows), kind[kd]);
+        printf("ok   q4_k vs q4_0 relative RMS, %-8s rows: %.4f vs %.4f (q4_k worse on %d of %d rows)\n", kind[kd],
+               sqrt(ek / rows), sqrt(e0 / rows), worse_k, rows);
+    }
+    /* an all-zero super-block, and padding: zeros quantize to exact zeros */
+    float z[QKK] = {0};
+    uint16_t d, dmin;
+    uint8_t sc[QKS], m[QKS], q[QKK];
+    CHECK(!q4_k_superblock(z, &d, &dmin, sc, m, q) && !d && !dmin, "a zero super-block has non-zero halves");
+    z[7] = INFINITY;
+    CHECK(q4_k_superblock(z, &d, &dmin, sc, m, q), "q4_k_superblock accepted an infinity");
+    z[7] = 1e38f;
+    CHECK(q4_k_superblock(z, &d, &dmin, sc, m, q), "q4_k_superblock accepted a scale beyond the range of a half");
 }
 
 /* ---- 4-6. kernels ---- */
@@ -191,7 +277,7 @@ static void free_qact(QAct *a) {
 
 /* y[T, rows] with kernel k, one row group at a time (no threads) */
 static void run_kernel(int k, const Tensor *w, const QAct *a, int T, float *y) {
-    const size_t ng = (w->rows + QR - 1) / QR, nb = (w->cols + QK - 1) / QK, gb = nb * qtile_bytes(w->dtype);
+    const size_t ng = (w->rows + QR - 1) / QR, nb = (w->cols + QK - 1) / QK, gb = qgroup_bytes(w->dtype, w->cols);
     for (size_t g = 0; g < ng; g++) {
         int nr = w->rows - g * QR < QR ? (int)(w->rows - g * QR) : QR;
         qkernels[k].fn(w->data + g * gb, nb, w->dtype, a, T, y + g * QR, w->rows, nr);
@@ -205,13 +291,15 @@ static int portable_index(void) {
 }
 
 static void test_kernels(void) {
-    static const size_t shapes[][2] = {{16, 32}, {1, 32}, {17, 33}, {40, 200}, {100, 2048}, {33, 4133}, {130, 512}};
-    static const int Ts[] = {1, 2, 3, 4, 5, 7, 8, 15, 16, 20};
+    static const size_t shapes[][2] = {{16, 32}, {1, 32}, {17, 33}, {40, 200}, {100, 2048}, {33, 4133}, {130, 512},
+                                       {20, 1408}, {16, 288}};
+    static const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 15, 16, 20};
     const int nk = (int)(sizeof qkernels / sizeof qkernels[0]), kp = portable_index();
     int ran[8] = {0};
     double worst_ratio = 0;
-    for (int dti = 0; dti < 2; dti++) {
-        int dt = dti ? DT_Q4_0 : DT_Q8_0;
+    static const int dts[] = {DT_Q8_0, DT_Q4_0, DT_Q4_K};
+    for (int dti = 0; dti < 3; dti++) {
+        int dt = dts[dti];
         for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
             size_t rows = shapes[si][0], cols = shapes[si][1];
             QMat m = make_qmat(dt, rows, cols);
@@ -274,38 +362,87 @@ static void test_kernels(void) {
     printf("ok   portable kernel vs float64: worst error %.2f of the activation-rounding bound\n", worst_ratio);
 
     /* 6. special activations */
-    QMat m = make_qmat(DT_Q8_0, 20, 70);
-    QAct a = make_qact(70, 2);
-    float x[140] = {0}, y[40];
-    x[70 + 5] = INFINITY;
-    qact_quantize(&a, x, 70, 2);
-    for (int k = 0; k < nk; k++) {
-        if (!qkernel_supported(k)) continue;
-        run_kernel(k, &m.q, &a, 2, y);
-        int zeros = 0, nans = 0;
-        for (int r = 0; r < 20; r++) {
-            zeros += y[r] == 0 && !signbit(y[r]);
-            nans += isnan(y[20 + r]);
+    for (int dti = 0; dti < 3; dti++) {
+        QMat m = make_qmat(dts[dti], 20, 70);
+        QAct a = make_qact(70, 2);
+        float x[140] = {0}, y[40];
+        x[70 + 5] = INFINITY;
+        qact_quantize(&a, x, 70, 2);
+        for (int k = 0; k < nk; k++) {
+            if (!qkernel_supported(k)) continue;
+            run_kernel(k, &m.q, &a, 2, y);
+            int zeros = 0, nans = 0;
+            for (int r = 0; r < 20; r++) {
+                zeros += y[r] == 0 && !signbit(y[r]);
+                nans += isnan(y[20 + r]);
+            }
+            CHECK(zeros == 20 && nans == 20, "%s %s: zero activations give %d/20 zeros, an inf gives %d/20 NaN rows",
+                  qkernels[k].name, dtype_name(dts[dti]), zeros, nans);
         }
-        CHECK(zeros == 20 && nans == 20, "%s: zero activations give %d/20 zeros, an inf gives %d/20 NaN rows",
-              qkernels[k].name, zeros, nans);
+        free_qact(&a);
+        free_qmat(&m);
     }
-    free_qact(&a);
-    free_qmat(&m);
+
+    /* Q4_K padding: a [20, 1408] matrix (5.5 super-blocks: its last tile holds 4 of 8
+     * sub-blocks) is, row group by row group, the first bytes of the same matrix with 128
+     * zero columns appended (6 whole tiles), and whatever finite activations meet those
+     * columns, every kernel's products are the same bits */
+    {
+        const size_t R = 20, C = 1408, CP = 1536;
+        const int T = 3;
+        QMat m = make_qmat(DT_Q4_K, R, C);
+        float *wp = calloc(R * CP, sizeof(float)), *x = malloc(T * CP * sizeof(float)), *xc = malloc(T * C * sizeof(float));
+        for (size_t r = 0; r < R; r++) memcpy(wp + r * CP, m.src.data + r * C * sizeof(float), C * sizeof(float));
+        Tensor src = {.data = (const uint8_t *)wp, .rows = R, .cols = CP, .dtype = DT_F32};
+        uint8_t *qp = malloc(qtensor_bytes(DT_Q4_K, R, CP));
+        DS_ASSERT(!quantize_groups(&src, DT_Q4_K, 0, (R + QR - 1) / QR, qp));
+        const size_t gb = qgroup_bytes(DT_Q4_K, C), gbp = qgroup_bytes(DT_Q4_K, CP);
+        CHECK(gb == 5 * Q4K_TILE + 256 + 4 * 256 && gbp == 6 * Q4K_TILE, "q4_k group bytes %zu, %zu", gb, gbp);
+        for (size_t g = 0; g < (R + QR - 1) / QR; g++)
+            CHECK(!memcmp(qp + g * gbp, m.q.data + g * gb, gb), "q4_k: zero padding columns quantize differently");
+        for (size_t i = 0; i < T * CP; i++) x[i] = rnd_normal() * 3;
+        for (int t = 0; t < T; t++) memcpy(xc + t * C, x + t * CP, C * sizeof(float));
+        QAct a = make_qact(C, T), ap = make_qact(CP, T);
+        qact_quantize(&a, xc, C, T);
+        qact_quantize(&ap, x, CP, T);
+        Tensor wq = {.data = qp, .rows = R, .cols = CP, .dtype = DT_Q4_K};
+        float y[3 * 20], yp[3 * 20];
+        int badp = 0;
+        for (int k = 0; k < nk; k++) {
+            if (!qkernel_supported(k)) continue;
+            run_kernel(k, &m.q, &a, T, y);
+            run_kernel(k, &wq, &ap, T, yp);
+            badp += memcmp(y, yp, sizeof y) != 0;
+        }
+        CHECK(!badp, "q4_k: activations on zero padding columns change the products (%d kernels)", badp);
+        if (!badp) printf("ok   q4_k padding: cols 1408 = 1536 with zero columns, tiles (cut after the last sub-block) and products bit for bit\n");
+        free_qact(&a);
+        free_qact(&ap);
+        free(wp);
+        free(x);
+        free(xc);
+        free(qp);
+        free_qmat(&m);
+    }
 
     /* 7. group dequantization = row dequantization */
     int badg = 0;
-    for (int dti = 0; dti < 2; dti++) {
-        int dt = dti ? DT_Q4_0 : DT_Q8_0;
-        QMat g = make_qmat(dt, 37, 200);
-        float out[QR * 200];
-        size_t gb = (200 + QK - 1) / QK * qtile_bytes(dt);
-        for (size_t gi = 0; gi < 3; gi++) {
-            int nr = gi == 2 ? 5 : QR;
-            qgroup_dequant(dt, g.q.data + gi * gb, 200, out, nr);
-            badg += memcmp(out, g.deq + gi * QR * 200, (size_t)nr * 200 * sizeof(float)) != 0;
+    for (int dti = 0; dti < 3; dti++) {
+        static const size_t gcols[] = {200, 1408};
+        for (int ci = 0; ci < 2; ci++) {
+            const int dt = dts[dti];
+            const size_t cols = gcols[ci];
+            QMat g = make_qmat(dt, 37, cols);
+            float *out = malloc(QR * cols * sizeof(float));
+            size_t gb = qgroup_bytes(dt, cols);
+            for (size_t gi = 0; gi < 3; gi++) {
+                int nr = gi == 2 ? 5 : QR;
+                qgroup_dequant(dt, g.q.data + gi * gb, cols, out, nr);
+                badg += memcmp(out, g.deq + gi * QR * cols, (size_t)nr * cols * sizeof(float)) != 0;
+            }
+            free(out);
+            free_qmat(&g);
         }
-        free_qmat(&g);
     }
     CHECK(!badg, "qgroup_dequant differs from qrow_dequant in %d row groups", badg);
 }
@@ -341,13 +478,17 @@ static double probe_bw(void) {
 
 static void bench(void) {
     const size_t rows = 16384, cols = 8192; /* 128 M weights: far beyond any cache */
-    for (int dti = 0; dti < 2; dti++) {
-        int dt = dti ? DT_Q4_0 : DT_Q8_0;
+    static const int dts[] = {DT_Q8_0, DT_Q4_0, DT_Q4_K};
+    for (int dti = 0; dti < 3; dti++) {
+        int dt = dts[dti];
         size_t bytes = qtensor_bytes(dt, rows, cols);
         uint8_t *q = malloc(bytes);
         for (size_t i = 0; i < bytes; i++) q[i] = (uint8_t)rnd32();
-        for (size_t g = 0; g < rows / QR * (cols / QK); g++) /* sane scales */
-            for (int r = 0; r < QR; r++) { q[g * qtile_bytes(dt) + 2 * r] = 0; q[g * qtile_bytes(dt) + 2 * r + 1] = 0x20; }
+        for (size_t g = 0; g < rows / QR * (cols / qtile_cols(dt)); g++) /* sane scales (Q4_K: and mins) */
+            for (int r = 0; r < (dt == DT_Q4_K ? 2 * QR : QR); r++) {
+                q[g * qtile_bytes(dt) + 2 * r] = 0;
+                q[g * qtile_bytes(dt) + 2 * r + 1] = 0x20;
+            }
         Tensor w = {.data = q, .rows = rows, .cols = cols, .dtype = dt};
         float *x = malloc(cols * 4 * sizeof(float)), *y = malloc(rows * 4 * sizeof(float));
         for (size_t i = 0; i < cols * 4; i++) x[i] = rnd_normal();

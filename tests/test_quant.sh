@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quantized weights: dseek quantize, --quant, the Q8_0 / Q4_0 formats and int8 kernels.
+# Quantized weights: dseek quantize, --quant, the Q8_0 / Q4_0 / Q4_K formats and int8 kernels.
 #   1. tests/test_quant.c built with and without -march=native: layout, halves, block errors,
 #      every SIMD kernel = the portable one bit for bit, error bounds (see that file);
 #   2. quantized files are valid safetensors (known dtypes, no holes, 64-byte aligned blocks,
@@ -23,15 +23,25 @@
 #   case / model            type   max|d| (routing-equal rows)   mean|d|   top-1
 #   shared v2lite_bf16      q8_0   0.052                          0.010     0.92
 #   shared v2lite_bf16      q4_0   0.58                           0.097     0.83
+#   shared v2lite_bf16      q4_k   0.63                           0.089     0.92
 #   shared v3_fp8           q8_0   1.25 (0.095)                   0.023     0.92
 #   shared v3_fp8           q4_0   1.39 (0.64)                    0.157     0.69
+#   shared v3_fp8           q4_k   1.40 (0.58)                    0.143     0.64
 #   shared v3_fp8, MTP head q8_0   2.60                           0.040     0.92
 #   shared v3_fp8, MTP head q4_0   2.52                           0.190     0.58
+#   shared v3_fp8, MTP head q4_k   1.61                           0.162     0.53
 #   tiny-v2 bf16, 256 tok   q8_0   0.58 (0.19)                    0.030     0.97
 #   tiny-v2 bf16, 256 tok   q4_0   2.07 (2.07)                    0.284     0.67
+#   tiny-v2 bf16, 256 tok   q4_k   1.69 (1.69)                    0.253     0.71
 #   tiny-v3 fp8, 256 tok    q8_0   5.5 (0.89)                     0.159     0.85
 #   tiny-v3 fp8, 256 tok    q4_0   6.8  (3.3)                     0.728     0.40
+#   tiny-v3 fp8, 256 tok    q4_k   6.7  (2.6)                     0.666     0.48
+#   v3h (odd widths), 256   q4_0   6.2  (3.2)                     0.705     0.40
+#   v3h (odd widths), 256   q4_k   5.3  (2.7)                     0.618     0.47
 #   f16, group-limited, 256 q8_0   2.6  (0.36)                    0.049     0.96
+#   f16, group-limited, 256 q4_k   4.4  (2.8)                     0.423     0.59   (q4_0: 5.4 (3.1) 0.475 0.57)
+# (v3h: every width is a partial Q4_K super-block: 200, 72, 328, 96, 80.) Q4_K, at the
+# same 4.5 bits per weight as Q4_0, has 5-12% lower mean|d| on every case (checked).
 # The checks allow about 1.5x these (mean|d|, routing-equal max) and a few points of top-1.
 set -u
 cd "$(dirname "$0")/.."
@@ -95,6 +105,7 @@ if [ -d "$CASES" ]; then
         acc "$c $t $mode vs reference" "$tmp/q.npy" "$dir/ref/logits_$mode.npy" "$tmp/qr.npy" "$dir/ref/moe_topk_idx.npy" $maxeq $mean $top
       else bad "$c $t $mode: $(cat "$tmp/err")"; fi
     done
+    cp "$tmp/q.npy" "$tmp/cmp_${c}_$t.npy"; cp "$dir/ref/logits_decode.npy" "$tmp/cmp_${c}_ref.npy"
     # --quant at load = the file, bit for bit
     ./dseek logits -m "$dir" --quant $t --tokens "$T" -o "$tmp/m.npy" --decode -t 2 2>/dev/null
     ./dseek logits -m "$q" --tokens "$T" -o "$tmp/f.npy" --decode -t 1 2>/dev/null
@@ -111,6 +122,8 @@ v2lite_bf16 q8_0 0.08 0.016 0.875
 v2lite_bf16 q4_0 0.9  0.15  0.75
 v3_fp8      q8_0 0.15 0.035 0.86
 v3_fp8      q4_0 2.1  0.24  0.6
+v2lite_bf16 q4_k 0.95 0.135 0.83
+v3_fp8      q4_k 1.2  0.21  0.55
 EOF
 else echo "SKIPPED: $CASES not found (the shared-case accuracy checks need it)"; fi
 
@@ -138,13 +151,42 @@ while read -r mdl t maxeq mean top; do
       acc "$mdl $t $mode, 256 generated tokens vs float32" "$tmp/q.npy" "$tmp/$mdl.f.npy" "$tmp/qr.npy" "$tmp/$mdl.fr.npy" $maxeq $mean $top
     else bad "$mdl $t $mode: $(cat "$tmp/err")"; fi
   done
+  cp "$tmp/q.npy" "$tmp/cmp_${mdl}_$t.npy"; cp "$tmp/$mdl.f.npy" "$tmp/cmp_${mdl}_ref.npy"
 done <<'EOF'
 v2  q8_0 0.3  0.045 0.94
 v2  q4_0 3.2  0.42  0.6
 v3  q8_0 1.35 0.24  0.8
 v3  q4_0 10   1.1   0.33
 g16 q8_0 1.0  0.1   0.85
+v2  q4_k 2.6  0.38  0.63
+v3  q4_k 5    1.0   0.4
+v3h q4_0 6    1.05  0.33
+v3h q4_k 5    0.93  0.37
+g16 q4_k 4.5  0.64  0.5
 EOF
+
+# Q4_K is more accurate than Q4_0 at the same 4.5 bits per weight: lower mean|d| (decode)
+# on every case both ran on; top-1 agreement (too few rows per case to compare one by one:
+# 24 and 36 on the shared ones) at least as high over all of them together
+top1=$tmp/top1.txt; : >"$top1"
+for c in v2lite_bf16 v3_fp8 v2 v3 v3h; do
+  [ -f "$tmp/cmp_${c}_q4_k.npy" ] && [ -f "$tmp/cmp_${c}_q4_0.npy" ] || continue
+  if r=$($PY - "$c" "$tmp/cmp_${c}_q4_k.npy" "$tmp/cmp_${c}_q4_0.npy" "$tmp/cmp_${c}_ref.npy" "$top1" <<'PYEOF'
+import sys, numpy as np
+k, z, ref = (np.load(f).astype(np.float64) for f in sys.argv[2:5])
+mk, mz = np.abs(k - ref).mean(), np.abs(z - ref).mean()
+hk, hz = (k.argmax(-1) == ref.argmax(-1)).sum(), (z.argmax(-1) == ref.argmax(-1)).sum()
+open(sys.argv[5], "a").write("%d %d %d\n" % (hk, hz, len(ref)))
+print("%s: q4_k mean|d| %.4f < q4_0 %.4f (%.0f%% lower); top-1 %d vs %d of %d" % (sys.argv[1], mk, mz, 100 * (1 - mk / mz), hk, hz, len(ref)))
+sys.exit(0 if mk < mz else 1)
+PYEOF
+  ); then ok "$r"; else bad "q4_k not better than q4_0: $r"; fi
+done
+if [ -s "$top1" ]; then
+  read -r hk hz n < <(awk '{a += $1; b += $2; c += $3} END {print a, b, c}' "$top1")
+  [ "$hk" -ge "$hz" ] && ok "q4_k top-1 agreement over all cases: $hk of $n >= q4_0's $hz" \
+    || bad "q4_k top-1 agreement over all cases: $hk of $n below q4_0's $hz"
+fi
 
 # fp8 source (partial 128x128 blocks) = its dequantized f32 twin, once quantized
 ./dseek quantize -m "$tmp/v3h" -o "$tmp/v3h_q8" --type q8_0 2>/dev/null
@@ -154,10 +196,19 @@ T45=$($PY -c "import random; r=random.Random(2); print(','.join(['0']+[str(r.ran
 ./dseek logits -m "$tmp/v3h_f32_q8" --tokens "$T45" -o "$tmp/b.npy" --decode 2>/dev/null
 cmp -s "$tmp/a.npy" "$tmp/b.npy" && [ -s "$tmp/a.npy" ] && ok "fp8 source (partial blocks) quantizes as its f32 twin does (bit for bit)" \
   || bad "fp8 source and its f32 twin quantize differently"
+./dseek quantize -m "$tmp/v3h_f32" -o "$tmp/v3h_f32_q4k" --type q4_k 2>/dev/null
+./dseek logits -m "$tmp/v3h_q4_k" --tokens "$T45" -o "$tmp/a.npy" --decode 2>/dev/null
+./dseek logits -m "$tmp/v3h_f32_q4k" --tokens "$T45" -o "$tmp/b.npy" --decode 2>/dev/null
+cmp -s "$tmp/a.npy" "$tmp/b.npy" && [ -s "$tmp/a.npy" ] \
+  && ok "q4_k: fp8 source quantizes as its f32 twin does (bit for bit; partial super-blocks: cols 200, 72, 328, 96, 80)" \
+  || bad "q4_k: fp8 source and its f32 twin quantize differently"
 
 # ---- 2. the container
-if r=$($PY - "$tmp/v3h_q8/model.safetensors" "$tmp/v3h/model.safetensors" <<'PYEOF'
+for t in q8_0 q4_k; do
+qf=$tmp/v3h_q8/model.safetensors; [ $t = q4_k ] && qf=$tmp/v3h_q4_k/model.safetensors
+if r=$($PY - "$qf" "$tmp/v3h/model.safetensors" $t <<'PYEOF'
 import json, struct, sys
+ty_want = sys.argv[3]
 f = open(sys.argv[1], "rb").read()
 n = struct.unpack("<Q", f[:8])[0]
 h = json.loads(f[8:8 + n])
@@ -165,7 +216,7 @@ src = open(sys.argv[2], "rb").read()
 src_h = json.loads(src[8:8 + struct.unpack("<Q", src[:8])[0]])
 meta = h.pop("__metadata__")
 assert all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()), "metadata must map strings to strings"
-assert meta["format"] == "dseek" and meta["dseek.version"] == "1" and meta["dseek.quant"] == "q8_0", meta
+assert meta["format"] == "dseek" and meta["dseek.version"] == "1" and meta["dseek.quant"] == ty_want, meta
 known = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}
 spans = sorted((v["data_offsets"][0], v["data_offsets"][1], k) for k, v in h.items())
 end = 0
@@ -182,21 +233,26 @@ for k, v in h.items():
         nq += 1
         ty, shape = q.split(" ")
         r, c = json.loads(shape)
-        assert ty == "q8_0" and [r, c] == src_h[k]["shape"], (k, q, src_h[k]["shape"])
+        assert ty == ty_want and [r, c] == src_h[k]["shape"], (k, q, src_h[k]["shape"])
         assert v["dtype"] == "U8" and len(v["shape"]) == 1 and v["data_offsets"][0] % 64 == 0, (k, v)
-        assert v["shape"][0] == -(-((r + 15) // 16 * ((c + 31) // 32) * 544) // 64) * 64, (k, v)
+        rest = (c % 256 + 31) // 32  # q4_k: the last tile cut after its last sub-block
+        group = (c + 31) // 32 * 544 if ty == "q8_0" else c // 256 * 2304 + (256 + 256 * rest if rest else 0)
+        assert v["shape"][0] == -(-((r + 15) // 16 * group) // 64) * 64, (k, v)
     else:
         assert v["dtype"] == src_h[k]["dtype"] and v["shape"] == src_h[k]["shape"], k
 assert not any(k.endswith("_scale_inv") for k in h), "fp8 scales of quantized matrices must be dropped"
 assert len(meta) == nq + 3, "metadata names tensors that are absent"
-print("%d tensors (%d quantized), no holes, %d data bytes, 64-byte aligned blocks" % (len(h), nq, end))
+print("%s: %d tensors (%d quantized), no holes, %d data bytes, 64-byte aligned blocks" % (ty_want, len(h), nq, end))
 PYEOF
 ); then ok "valid safetensors: $r"; else bad "container: $r"; fi
+done
 cc_out=$tmp/dseek_plain
 if $CC -O2 $CF src/main.c src/dseek.c -o "$cc_out" $LIBS 2>"$tmp/err"; then
-  "$cc_out" quantize -m "$tmp/v3" -o "$tmp/v3_q4_plain" --type q4_0 2>/dev/null
-  cmp -s "$tmp/v3_q4_plain/model.safetensors" "$tmp/v3_q4_0/model.safetensors" \
-    && ok "a build without -march=native writes the same bytes (q4_0)" || bad "quantized bytes depend on the build"
+  for t in q4_0 q4_k; do
+    "$cc_out" quantize -m "$tmp/v3" -o "$tmp/v3_${t}_plain" --type $t 2>/dev/null
+    cmp -s "$tmp/v3_${t}_plain/model.safetensors" "$tmp/v3_$t/model.safetensors" \
+      && ok "a build without -march=native writes the same bytes ($t)" || bad "quantized bytes depend on the build ($t)"
+  done
   L=$(cat "$tmp/v3.long")
   "$cc_out" logits -m "$tmp/v3_q4_0" --tokens "$L" -o "$tmp/a.npy" --decode 2>/dev/null
   ./dseek logits -m "$tmp/v3_q4_0" --tokens "$L" -o "$tmp/b.npy" --decode 2>/dev/null
@@ -207,7 +263,7 @@ else bad "plain build failed: $(head -3 "$tmp/err")"; fi
 
 # ---- 4. kernels, chunks, MTP
 L=$(cat "$tmp/v3.long")
-for t in q8_0 q4_0; do
+for t in q8_0 q4_0 q4_k; do
   ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/k_best.npy" --decode 2>/dev/null
   for k in avx2 portable; do
     if DSEEK_KERNEL=$k ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/k.npy" --decode 2>"$tmp/err"; then
@@ -270,6 +326,14 @@ corrupt absent        'm["dseek.q.model.layers.9.mlp.gate_proj.weight"] = "q8_0 
 corrupt version       'm["dseek.version"] = "2"' "dseek.version \"2\" is not supported"
 corrupt no_meta       'del m["dseek.q." + T]' "$TENSOR: shape [17408], config.json needs [64,256]"
 corrupt norm_as_q     'm["dseek.q.model.norm.weight"] = "q8_0 [256,1]"' "model.norm.weight: a q8_0 tensor must be stored as 1-D U8, not BF16"
+corrupt q8_as_q4k     'm["dseek.q." + T] = "q4_k [64,256]"' "$TENSOR: 17408 bytes, but q4_k [64,256] needs 9216"
+Q=$tmp/v2_q4_k  # a q4_k file
+corrupt q4k_cols      'm["dseek.q." + T] = "q4_k [64,257]"' "$TENSOR: 9216 bytes, but q4_k [64,257] needs 11264"
+corrupt q4k_rows      'm["dseek.q." + T] = "q4_k [48,256]"' "$TENSOR: 9216 bytes, but q4_k [48,256] needs 6912"
+corrupt q4k_type      'm["dseek.q." + T] = "q4_K [64,256]"' "$TENSOR: unknown block type \"q4_K\""
+corrupt q4k_shape     'm["dseek.q." + T] = "q4_k [64,225]"' "$TENSOR: shape [64,225], config.json needs [64,256]"
+corrupt q4k_not_u8    'h[T]["dtype"] = "I32"; h[T]["shape"] = [h[T]["shape"][0] // 4]' "$TENSOR: a q4_k tensor must be stored as 1-D U8, not I32"
+Q=$tmp/v2_q8_0
 
 # a non-finite block scale (row 21, block 2 of the expert): --check-tensors names the element
 mkdir -p "$tmp/bad_scale"; cp "$Q/config.json" "$tmp/bad_scale/"
@@ -285,6 +349,20 @@ PYEOF
 ./dseek logits -m "$tmp/bad_scale" --tokens 0,1 -o "$tmp/x.npy" --check-tensors 2>"$tmp/err"; rc=$?
 [ $rc = 2 ] && grep -q "$TENSOR: element 5440 is NaN" "$tmp/err" && ok "NaN block scale, --check-tensors: $(cat "$tmp/err")" \
   || bad "NaN block scale: rc=$rc $(cat "$tmp/err")"
+# q4_k: an infinite dmin (row 21: group 1, row 5 of its one super-block)
+mkdir -p "$tmp/bad_dmin"; cp "$Q/config.json" "$tmp/bad_dmin/"
+$PY - "$tmp/v2_q4_k/model.safetensors" "$tmp/bad_dmin/model.safetensors" "$TENSOR" <<'PYEOF'
+import json, struct, sys
+f = bytearray(open(sys.argv[1], "rb").read())
+n = struct.unpack("<Q", f[:8])[0]
+h = json.loads(f[8:8 + n])
+p = 8 + n + h[sys.argv[3]]["data_offsets"][0] + 1 * 2304 + 32 + 2 * 5  # group 1, dmin of row 5
+f[p:p + 2] = b"\x00\x7c"  # +Inf
+open(sys.argv[2], "wb").write(f)
+PYEOF
+./dseek logits -m "$tmp/bad_dmin" --tokens 0,1 -o "$tmp/x.npy" --check-tensors 2>"$tmp/err"; rc=$?
+[ $rc = 2 ] && grep -q "$TENSOR: element 5376 is Inf" "$tmp/err" && ok "q4_k Inf dmin, --check-tensors: $(cat "$tmp/err")" \
+  || bad "q4_k Inf dmin: rc=$rc $(cat "$tmp/err")"
 
 # a logical shape whose byte count overflows 64 bits to 10624 (an extra tensor of that many
 # bytes passed the size check, then --check-tensors read its "rows" far past the file)
@@ -313,7 +391,7 @@ qerr() { # qerr LABEL WANT ARGS...
   [ $rc = 2 ] && [ "$(wc -l <"$tmp/err")" = 1 ] && grep -q -- "$want" "$tmp/err" && ok "quantize $label: $(cat "$tmp/err")" \
     || bad "quantize $label: rc=$rc $(cat "$tmp/err")"
 }
-qerr "without --type" "--type q8_0|q4_0 is required" -m "$tmp/v2" -o "$tmp/o1"
+qerr "without --type" "--type q8_0|q4_0|q4_k is required" -m "$tmp/v2" -o "$tmp/o1"
 qerr "unknown type" 'unknown type "q3_k"' -m "$tmp/v2" -o "$tmp/o1" --type q3_k
 qerr "into its input" "the output folder is the input folder" -m "$tmp/v2" -o "$tmp/v2/." --type q8_0
 qerr "missing model" "config.json: cannot read" -m "$tmp/nothing" -o "$tmp/o1" --type q8_0

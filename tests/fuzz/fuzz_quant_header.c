@@ -5,15 +5,15 @@
  * The input is the JSON header. It becomes model.safetensors as dseek quantize lays it out:
  * the 8-byte length, the input padded with spaces so that the data area starts 64-byte
  * aligned, then a fixed data area of 64 KiB whose bytes all lie in 0x20..0x3F (so every
- * F32, BF16, F16 and F8 value, Q8_0 / Q4_0 scale and quant there is finite), next to a
+ * F32, BF16, F16 and F8 value, Q8_0 / Q4_0 / Q4_K scale and quant there is finite), next to a
  * fixed config.json (tests/fuzz/data/quant_config.json: a tiny DeepSeek-V3 layout, one
  * dense layer and an MoE MTP layer; DSEEK_FUZZ_DATA names another data folder). Then:
  *   - dseek_model_open: a refused file gives one line naming the folder;
  *   - a model that opens is run (fz_exercise_model), and dseek_model_check_tensors must
  *     find nothing (every tensor lies in the finite data area);
- *   - dseek_quantize writes it again (q8_0 or q4_0 by the input's length): whatever it
+ *   - dseek_quantize writes it again (q8_0, q4_0 or q4_k by the input's length): whatever it
  *     writes must open, with the same parameters, and check clean.
- * Seeds: tests/fuzz/corpus/quant_header/ (headers written by dseek quantize: q8_0, q4_0,
+ * Seeds: tests/fuzz/corpus/quant_header/ (headers written by dseek quantize: q8_0, q4_0, q4_k,
  * and one mixing both, off alignment, with extra tensors; see make_seeds.py). */
 #include "fuzz_util.h"
 
@@ -86,7 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     dseek_model_free(m);
 
     /* dseek quantize of what opened: its output must open as the same model */
-    const int quant = size % 2 ? DSEEK_QUANT_Q8_0 : DSEEK_QUANT_Q4_0;
+    const int quant = size % 3 == 0 ? DSEEK_QUANT_Q8_0 : size % 3 == 1 ? DSEEK_QUANT_Q4_0 : DSEEK_QUANT_Q4_K;
     err[0] = 0;
     rc = dseek_quantize(fz_dir, fq_out, quant, 0, err, sizeof err);
     if (rc) FZ_CHECK(!*bad_error(err, fz_dir), "quantize error %s: \"%s\"", bad_error(err, fz_dir), err);

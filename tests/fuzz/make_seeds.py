@@ -12,7 +12,7 @@ documents and reproduces it):
   corpus/chat/          family byte + messages
   data/quant_config.json, corpus/quant_header/   a tiny model (one dense layer, an MoE MTP
                         layer) and the headers `./dseek quantize` writes for it: q8_0, q4_0,
-                        and one mixing both (the data area is fuzz_quant_header.c's own)
+                        q4_k, and one mixing the first two (the data area is fuzz_quant_header.c's own)
 Regression inputs (named regress-*) are added by hand next to these and are kept."""
 import json, os, shutil, struct, subprocess, sys, tempfile
 
@@ -84,7 +84,7 @@ def compact(h):
     return json.dumps(h, separators=(",", ":")).encode()
 
 
-for t in ["q8_0", "q4_0"]:
+for t in ["q8_0", "q4_0", "q4_k"]:
     subprocess.run(["./dseek", "quantize", "-m", q, "-o", f"{q}_{t}", "--type", t], check=True, capture_output=True)
     b = rd(f"{q}_{t}/model.safetensors")
     put(f"{C}/quant_header/{t}", b[8:8 + struct.unpack("<Q", b[:8])[0]].rstrip(b" "))
