@@ -3019,13 +3019,15 @@ static void mlp_forward(dseek_session *s, const MLP *f, const float *x, float *y
  * parallel region: it starts none itself when called inside one. */
 static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
     const size_t R = w->cols;
+    const int outer = !in_parallel(); /* start threads only when not inside a region already */
+    (void)outer;                      /* (used by the pragmas alone, absent without OpenMP) */
     if (is_quant(w->dtype)) {
         const size_t gb = qgroup_bytes(w->dtype, R), g0 = r0 / QR, ng = (n + QR - 1) / QR;
-#pragma omp parallel for schedule(static) if (!in_parallel())
+#pragma omp parallel for schedule(static) if (outer)
         for (size_t g = 0; g < ng; g++)
             qgroup_dequant(w->dtype, w->data + (g0 + g) * gb, R, out + g * QR * R, n - g * QR < QR ? (int)(n - g * QR) : QR);
     } else {
-#pragma omp parallel for schedule(static) if (!in_parallel())
+#pragma omp parallel for schedule(static) if (outer)
         for (size_t r = 0; r < n; r++) tensor_row(w, r0 + r, out + r * R);
     }
 }
