@@ -2250,6 +2250,11 @@ static void qgroup_portable(const uint8_t *w, size_t nb, int dt, const QAct *a, 
  * (0..15); the bias times the activation block sum is subtracted afterwards, which leaves
  * the exact isum. Up to 4 tokens share each weight load. */
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
+/* Tiles ahead that the one-token kernels prefetch (a prefetch never faults, past the end of
+ * a tensor included): with one token each byte gets two integer ops, and without it the
+ * loads wait on memory and the arithmetic in turn (Q4_0, 2 threads, 65536 x 2048 from
+ * DRAM: 95 -> 120-130 GMAC/s). */
+#define PF_TILES 8
 static inline __attribute__((always_inline)) AVX512_TARGET void
 qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
     const size_t tile = qtile_bytes(dt);
@@ -2262,6 +2267,8 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
     }
     for (size_t b = 0; b < nb; b++) {
         const uint8_t *tl = w + b * tile;
+        if (NT == 1) /* one token: little work per byte, so ask for the tiles ahead early */
+            for (size_t o = 0; o < tile; o += 64) _mm_prefetch((const char *)(tl + PF_TILES * tile + o), _MM_HINT_T0);
         const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl));
         __m512i isum[4];
         if (dt == DT_Q8_0) {
@@ -2425,6 +2432,11 @@ qpair_avx512_n(const uint8_t *w, size_t gb, size_t nb, int dt, const QAct *a, in
     }
     for (size_t b = 0; b < nb; b++) {
         const uint8_t *tl0 = w + b * tile, *tl1 = tl0 + gb;
+        if (NT == 1) /* one token: little work per byte, so ask for the tiles ahead early */
+            for (size_t o = 0; o < tile; o += 64) {
+                _mm_prefetch((const char *)(tl0 + PF_TILES * tile + o), _MM_HINT_T0);
+                _mm_prefetch((const char *)(tl1 + PF_TILES * tile + o), _MM_HINT_T0);
+            }
         const __m512 dw0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl0));
         const __m512 dw1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl1));
         __m512i is0[4], is1[4];
