@@ -3044,6 +3044,28 @@ static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
     }
 }
 
+/* The per-token core of absorbed attention: qc holds q_lat [R] then the raw q_pe [rope]
+ * of the token at position p; q_pe is roped in place, the token scores every cached
+ * position up to its own (sc: room for p + 1 scores), and o_lat [R] = sum_j p_j c_j. */
+static void attend_latent(const dseek_model *m, const float *cache, float *qc, int p, float *sc, float *olat) {
+    const size_t R = (size_t)m->c.kv_lora_rank, rope = (size_t)m->c.qk_rope_head_dim, C = R + rope;
+    const int n = p + 1; /* causal: positions 0..p */
+    rope_apply(qc + R, (int)rope, p, m->inv_freq, m->rope_mscale);
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++) {
+        sc[j] = dot_f32(qc, cache + (size_t)j * C, C) * m->softmax_scale;
+        if (sc[j] > mx) mx = sc[j];
+    }
+    float sum = 0;
+    for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
+    memset(olat, 0, R * sizeof(float));
+    for (int j = 0; j < n; j++) {
+        float pj = sc[j] / sum;
+        const float *cj = cache + (size_t)j * C;
+        for (size_t r = 0; r < R; r++) olat[r] += pj * cj[r];
+    }
+}
+
 /* Absorbed attention of token t (at position pos + t) and head h over the latent cache
  * (SPEC "MLA attention"); wuk is the head's kv_b rows in float32, W_UK[h] then W_UV[h]. */
 static void attend_head(dseek_session *s, const float *cache, const float *wuk, int t, int h, int pos) {
@@ -3052,8 +3074,6 @@ static void attend_head(dseek_session *s, const float *cache, const float *wuk, 
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
     const size_t qd = nope + rope, C = R + rope;
-    const float scale = m->softmax_scale;
-    int n = pos + t + 1; /* causal: positions 0..pos+t */
     float *qc = s->att + (size_t)thread_id() * s->att_stride; /* [R + rope]: q_lat then q_pe */
     float *olat = qc + C, *sc = olat + R;
     const float *qh = s->q + (size_t)t * H * qd + (size_t)h * qd;
@@ -3065,22 +3085,8 @@ static void attend_head(dseek_session *s, const float *cache, const float *wuk, 
         for (size_t r = 0; r < R; r++) qc[r] += a * wr[r];
     }
     memcpy(qc + R, qh + nope, rope * sizeof(float));
-    rope_apply(qc + R, (int)rope, pos + t, m->inv_freq, m->rope_mscale);
-    /* scores against the cache, softmax */
-    float mx = -INFINITY;
-    for (int j = 0; j < n; j++) {
-        sc[j] = dot_f32(qc, cache + (size_t)j * C, C) * scale;
-        if (sc[j] > mx) mx = sc[j];
-    }
-    float sum = 0;
-    for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-    /* o_lat = sum_j p_j c_j, then out[h] = W_UV[h] o_lat */
-    memset(olat, 0, R * sizeof(float));
-    for (int j = 0; j < n; j++) {
-        float p = sc[j] / sum;
-        const float *cj = cache + (size_t)j * C;
-        for (size_t r = 0; r < R; r++) olat[r] += p * cj[r];
-    }
+    attend_latent(m, cache, qc, pos + t, sc, olat);
+    /* out[h] = W_UV[h] o_lat */
     const float *wuv = wuk + nope * R;
     float *o = s->heads + (size_t)t * H * vd + (size_t)h * vd;
     for (size_t k = 0; k < vd; k++) o[k] = dot_f32(wuv + k * R, olat, R);
@@ -3159,30 +3165,16 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, i
         s->hjobs[h] = (QJob){&s->hw[h], a, T, s->lat + h * R, H * R};
     }
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
-    const float scale = m->softmax_scale;
     if (T >= SGEMM_MIN_TOKENS) attend_all_sgemm(s, cache, T, pos);
-    else
+    else {
 #pragma omp parallel for schedule(dynamic, 1)
-    for (size_t th = 0; th < (size_t)T * H; th++) {
-        const size_t t = th / H, h = th % H;
-        const int n = pos + (int)t + 1; /* causal: positions 0..pos+t */
-        float *lat = s->lat + th * R;  /* q_lat in, o_lat out */
-        float *qc = s->att + (size_t)thread_id() * s->att_stride, *sc = qc + C + R;
-        memcpy(qc, lat, R * sizeof(float));
-        memcpy(qc + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
-        rope_apply(qc + R, (int)rope, pos + (int)t, m->inv_freq, m->rope_mscale);
-        float mx = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            sc[j] = dot_f32(qc, cache + (size_t)j * C, C) * scale;
-            if (sc[j] > mx) mx = sc[j];
-        }
-        float sum = 0;
-        for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-        memset(lat, 0, R * sizeof(float));
-        for (int j = 0; j < n; j++) {
-            float p = sc[j] / sum;
-            const float *cj = cache + (size_t)j * C;
-            for (size_t r = 0; r < R; r++) lat[r] += p * cj[r];
+        for (size_t th = 0; th < (size_t)T * H; th++) {
+            const size_t t = th / H, h = th % H;
+            float *lat = s->lat + th * R; /* q_lat in, o_lat out */
+            float *qc = s->att + (size_t)thread_id() * s->att_stride;
+            memcpy(qc, lat, R * sizeof(float));
+            memcpy(qc + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
+            attend_latent(m, cache, qc, pos + (int)t, qc + C + R, lat);
         }
     }
 #pragma omp parallel for schedule(static)
