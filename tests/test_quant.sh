@@ -44,12 +44,7 @@
 # same 4.5 bits per weight as Q4_0, has 5-12% lower mean|d| on every case (checked).
 # The checks allow about 1.5x these (mean|d|, routing-equal max) and a few points of top-1.
 set -u
-cd "$(dirname "$0")/.."
-PY=/usr/bin/python3
-tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass+1)); echo "ok   $*"; }
-bad() { fail=$((fail+1)); echo "FAIL $*"; }
+source "$(dirname "$0")/lib.sh"
 make -s dseek tools/gen_ckpt || { echo "build failed"; exit 1; }
 PKG="openblas libcjson libpcre2-8"
 CC=${DSEEK_CC:-cc}
@@ -420,5 +415,4 @@ PYEOF
 qround empty_matrix 'h["extra.o_proj.weight"] = {"dtype": "BF16", "shape": [0, 5], "data_offsets": [end, end]}'
 qround long_name 'h["x" * 1000 + ".o_proj.weight"] = {"dtype": "BF16", "shape": [2, 4], "data_offsets": [end, end + 16]}; tail = bytes(16)'
 
-echo "test_quant: $pass passed, $fail failed"
-[ $fail -eq 0 ]
+finish test_quant
