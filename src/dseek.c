@@ -1218,6 +1218,7 @@ struct dseek_model {
     size_t bytes_mtp_fixed;   /* weight bytes an MTP step reads besides routed experts */
     size_t max_in;            /* largest input dim of any matmul */
     size_t max_inter;         /* largest MLP width */
+    size_t moe_inter;         /* largest width of a routed or shared expert */
     int quant_to;             /* --quant: DT_Q8_0 / DT_Q4_0 / DT_Q4_K to quantize matrices at load, else 0 */
     int load, lock;           /* dseek_load_cfg's load and mlock */
     int progress;             /* print a progress bar while quantizing at load */
@@ -1595,6 +1596,8 @@ static int bind_layer(dseek_model *m, int li, int mtp, char *err, size_t errlen)
         if (c->n_shared_experts &&
             (rc = bind_mlp(m, &ly->shared, NAME("mlp.shared_experts"), I * (size_t)c->n_shared_experts, err, errlen)))
             return rc;
+        size_t wide = I * (size_t)(c->n_shared_experts > 1 ? c->n_shared_experts : 1);
+        if (wide > m->moe_inter) m->moe_inter = wide;
     }
     if (mtp) {
         size_t V = (size_t)c->vocab_size;
@@ -2977,8 +2980,8 @@ struct dseek_session {
     float *rlogits;           /* router scores [B, E] */
     /* quantized experts (moe_experts_q): RA = min(B, MOE_CHUNK) * (k + 1) rows */
     QAct qx;                  /* inputs gathered per expert [RA, D rounded up to 32] */
-    QAct qh;                  /* hidden states [RA, max_inter rounded up], a region per expert */
-    float *hg, *hu;           /* gate and up outputs [RA, max_inter] */
+    QAct qh;                  /* hidden states [RA, moe_inter rounded up], a region per expert */
+    float *hg, *hu;           /* gate and up outputs [RA, moe_inter] */
     float *hy;                /* expert outputs [RA, D] */
     int *hslot;               /* the token * k + slot of each row [RA] (-1: shared expert) */
     int *hjob;                /* the job (expert) of each row [RA] */
@@ -3337,12 +3340,12 @@ static int mlp_is_quant(const MLP *f) {
  * expert (in decode a MoE layer is a dozen small products; in prefill this also balances
  * experts with few tokens across threads). x is quantized once; each expert's rows are
  * copied out of it. The shared expert and every chosen one must be quantized. */
-#define MOE_CHUNK 256
+#define MOE_CHUNK 512
 static void moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, float *y, int T, const int *topk,
                           const float *topw) {
     const Config *c = &s->m->c;
     const size_t D = (size_t)c->hidden_size, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
-    const size_t Is = s->m->max_inter, Ip = round_up(Is, QK);
+    const size_t Is = s->m->moe_inter, Ip = round_up(Is, QK);
     DS_ASSERT(T <= MOE_CHUNK);
     QAct *qa = &s->sc.qa;
     qact_quantize(qa, xn, D, T);
@@ -3734,11 +3737,11 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->rlogits = xcalloc(B * (E ? E : 1), sizeof(float));
     {
         const size_t BT = B < MOE_CHUNK ? B : MOE_CHUNK, RA = BT * (k + 1), Dp = round_up(D, QK);
-        const size_t Ip = round_up(inter, QK);
+        const size_t mi = m->moe_inter ? m->moe_inter : 1, Ip = round_up(mi, QK);
         s->qx = (QAct){xcalloc(RA * Dp, 1), xcalloc(RA * Dp / QK, sizeof(float)), xcalloc(RA * Dp / QK, sizeof(int32_t)), 0, 0};
         s->qh = (QAct){xcalloc(RA * Ip, 1), xcalloc(RA * Ip / QK, sizeof(float)), xcalloc(RA * Ip / QK, sizeof(int32_t)), 0, 0};
-        s->hg = xcalloc(RA * inter, sizeof(float));
-        s->hu = xcalloc(RA * inter, sizeof(float));
+        s->hg = xcalloc(RA * mi, sizeof(float));
+        s->hu = xcalloc(RA * mi, sizeof(float));
         s->hy = xcalloc(RA * D, sizeof(float));
         s->hslot = xcalloc(RA, sizeof(int));
         s->hjob = xcalloc(RA, sizeof(int));
