@@ -2972,6 +2972,9 @@ struct dseek_session {
     float *scores;            /* per thread [ATT_BLOCK, n_ctx]: their scores */
     QAct qlat;                /* per head, T rows: q_nope, then o_lat [H * B, R rounded up to 32] */
     Tensor *hw;               /* per head: views of its kb_t rows and its W_UV rows [2H] */
+    QAct qlc;                 /* every cached latent of a layer as int8 [n_ctx, R rounded up] (attend_plain_q) */
+    float *pbuf;              /* per thread, pbuf_stride floats: attend_plain_q's buffers */
+    size_t pbuf_stride;
     QJob *hjobs;              /* [H] */
     size_t *hfirst;           /* [H + 1] */
     float *att;               /* per thread: q_lat+q_pe [R+rope], o_lat [R], scores [n_ctx] */
@@ -3192,6 +3195,85 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, i
 #undef HEAD_ACT
 }
 
+/* A prompt of many tokens over a quantized kv_b (T >= PLAIN_MIN_TOKENS, layers with kb_t):
+ * MLA in its plain form, as DeepSeek's reference runs a prefill. Per head, the keys' k_nope
+ * and v are decompressed from the cached latents in blocks of KEY_BLOCK positions (int8
+ * products of the head's kv_b rows by the latents quantized like any activation), scores
+ * are scale * (q_nope . k_nope + q_pe . k_pe) and the softmax runs online over the key
+ * blocks (a running max and sum per query), so no buffer grows with the context. A (query,
+ * key) pair costs nope + rope + v = 320 multiply-adds instead of the absorbed form's
+ * R + rope + R = 1088, and q_lat and W_UV o_lat disappear; the decompression, 256 x 512
+ * int8 multiply-adds per key and head, pays for itself from about 64 queries on. */
+#define KEY_BLOCK 256
+#define PLAIN_MIN_TOKENS 64
+static void attend_plain_q(dseek_session *s, const Layer *ly, const float *cache, int T, int pos) {
+    const dseek_model *m = s->m;
+    const Config *c = &m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
+    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
+    const size_t qd = nope + rope, C = R + rope, hrows = nope + vd, Rp = round_up(R, QK);
+    const size_t gb = qgroup_bytes(ly->kv_b.dtype, R), ng = hrows / QR;
+    const int N = pos + T;
+    const float scale = m->softmax_scale;
+    /* every cached latent c_j (j < N) as int8 activations */
+#pragma omp parallel for schedule(static)
+    for (int j0 = 0; j0 < N; j0 += 64) {
+        QAct a = {s->qlc.q + (size_t)j0 * Rp, s->qlc.d + (size_t)j0 * (Rp / QK), s->qlc.s + (size_t)j0 * (Rp / QK), 0, 0};
+        qact_quantize_ld(&a, cache + (size_t)j0 * C, C, R, N - j0 < 64 ? N - j0 : 64);
+    }
+    const QAct lc = {s->qlc.q, s->qlc.d, s->qlc.s, Rp, Rp / QK};
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t h = 0; h < H; h++) {
+        float *Q = s->pbuf + (size_t)thread_id() * s->pbuf_stride; /* [T, qd]: q_nope, roped q_pe */
+        float *O = Q + (size_t)T * qd;                              /* [T, vd] */
+        float *mx = O + (size_t)T * vd, *l = mx + T;                /* running max and sum [T] */
+        float *KV = l + T;                                          /* [KEY_BLOCK, hrows]: k_nope, v */
+        float *S = KV + KEY_BLOCK * hrows;                          /* [ATT_BLOCK, KEY_BLOCK] */
+        for (int t = 0; t < T; t++) {
+            memcpy(Q + (size_t)t * qd, s->q + (size_t)t * H * qd + h * qd, qd * sizeof(float));
+            rope_apply(Q + (size_t)t * qd + nope, (int)rope, pos + t, m->inv_freq, m->rope_mscale);
+            mx[t] = -INFINITY;
+            l[t] = 0;
+        }
+        memset(O, 0, (size_t)T * vd * sizeof(float));
+        const Tensor wh = {.rows = hrows, .cols = R, .dtype = ly->kv_b.dtype, .data = ly->kv_b.data + h * hrows / QR * gb};
+        for (int j0 = 0; j0 < N; j0 += KEY_BLOCK) {
+            const int nk = N - j0 < KEY_BLOCK ? N - j0 : KEY_BLOCK;
+            const QAct a = qact_rows(&lc, (size_t)j0);
+            for (size_t g = 0; g < ng; g += 2) qgroups(&wh, g, g + 1 < ng ? 2 : 1, &a, nk, KV, hrows);
+            /* query t sees keys up to position pos + t: the first block of queries that sees j0 */
+            for (int i0 = j0 > pos ? (j0 - pos) / ATT_BLOCK * ATT_BLOCK : 0; i0 < T; i0 += ATT_BLOCK) {
+                const int nq = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK;
+                const float *Qb = Q + (size_t)i0 * qd;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, (int)nope, scale, Qb, (int)qd, KV,
+                            (int)hrows, 0.0f, S, KEY_BLOCK);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, (int)rope, scale, Qb + nope, (int)qd,
+                            cache + (size_t)j0 * C + R, (int)C, 1.0f, S, KEY_BLOCK);
+                for (int i = 0; i < nq; i++) {
+                    const int t = i0 + i, n = pos + t - j0 + 1 < nk ? pos + t - j0 + 1 : nk; /* causal */
+                    float *row = S + (size_t)i * KEY_BLOCK, *o = O + (size_t)t * vd;
+                    if (n <= 0) { memset(row, 0, (size_t)nk * sizeof(float)); continue; }
+                    float mnew = mx[t], sum = 0;
+                    for (int j = 0; j < n; j++) mnew = row[j] > mnew ? row[j] : mnew;
+                    const float alpha = expf(mx[t] - mnew); /* 0 for the first block */
+                    for (int j = 0; j < n; j++) { row[j] = expf(row[j] - mnew); sum += row[j]; }
+                    for (int j = n; j < nk; j++) row[j] = 0;
+                    l[t] = l[t] * alpha + sum;
+                    mx[t] = mnew;
+                    if (alpha != 1.0f)
+                        for (size_t d = 0; d < vd; d++) o[d] *= alpha;
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, (int)vd, nk, 1.0f, S, KEY_BLOCK, KV + nope,
+                            (int)hrows, 1.0f, O + (size_t)i0 * vd, (int)vd);
+            }
+        }
+        for (int t = 0; t < T; t++) {
+            float *out = s->heads + (size_t)t * H * vd + h * vd;
+            for (size_t d = 0; d < vd; d++) out[d] = O[(size_t)t * vd + d] / l[t];
+        }
+    }
+}
+
 /* Multi-head latent attention of T tokens at positions pos.. (SPEC "MLA attention"),
  * computed in the absorbed form over the latent cache: the cache of layer `li` gets the
  * latents c and rope keys of these tokens, then each (token, head) scores its query
@@ -3230,7 +3312,8 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
      * floats meet in the same order either way, so both give the same bits. */
     const size_t hrows = nope + vd;
     const int per_head = T < SGEMM_MIN_TOKENS && (!is_quant(ly->kv_b.dtype) || hrows % QR == 0);
-    if (ly->kb_t.data) mla_heads_q(s, ly, cache, T, pos);
+    if (ly->kb_t.data && T >= PLAIN_MIN_TOKENS) attend_plain_q(s, ly, cache, T, pos);
+    else if (ly->kb_t.data) mla_heads_q(s, ly, cache, T, pos);
     else if (T >= SGEMM_MIN_TOKENS) {
         /* many tokens: per head, q_lat = q_nope W_UK[h], the attention, and o_lat W_UV[h]^T
          * as matrix products */
@@ -3650,6 +3733,10 @@ void dseek_session_free(dseek_session *s) {
     free(s->sc.qa.s);
     free(s->lat);
     free(s->qblk);
+    free(s->qlc.q);
+    free(s->qlc.d);
+    free(s->qlc.s);
+    free(s->pbuf);
     free(s->scores);
     free(s->hw);
     free(s->hjobs);
@@ -3727,6 +3814,11 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
         s->qlat = (QAct){xcalloc(H * B * mp, 1), xcalloc(H * B * mp / QK, sizeof(float)),
                          xcalloc(H * B * mp / QK, sizeof(int32_t)), 0, 0};
         s->hw = xcalloc(2 * H, sizeof(Tensor));
+        const size_t Rp = round_up(R, QK), hrows = (size_t)c->qk_nope_head_dim + vd;
+        s->qlc = (QAct){xcalloc((size_t)n_ctx * Rp, 1), xcalloc((size_t)n_ctx * Rp / QK, sizeof(float)),
+                        xcalloc((size_t)n_ctx * Rp / QK, sizeof(int32_t)), 0, 0};
+        s->pbuf_stride = B * (qd + vd + 2) + KEY_BLOCK * hrows + ATT_BLOCK * KEY_BLOCK;
+        s->pbuf = xcalloc((size_t)s->nth * s->pbuf_stride, sizeof(float));
         s->hjobs = xcalloc(H, sizeof(QJob));
         s->hfirst = xcalloc(H + 1, sizeof(size_t));
     }
@@ -3768,7 +3860,8 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
         !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         !s->kvb || !s->kvbh || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
         !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache ||
-        !s->lat || !s->qblk || !s->scores || (kbt && (!s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst))) {
+        !s->lat || !s->qblk || !s->scores || (kbt && (!s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst || !s->qlc.q || !s->qlc.d ||
+                 !s->qlc.s || !s->pbuf))) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);
         dseek_session_free(s);
         return DSEEK_ENOMEM;
