@@ -44,6 +44,8 @@ typedef struct {
     size_t cache_bytes_per_token; /* latent cache bytes per token, all layers */
     size_t decode_bytes_per_token; /* weight bytes one decoded token reads */
     const char *matrix_dtype; /* dtype holding most matrix bytes: "BF16", "F8_E4M3", "q4_0", ... */
+    const char *weights_in;   /* where the weight files went (DSEEK_LOAD_*): "huge-page memory",
+                                 "mmap" or "mmap, lazy" */
 } dseek_info;
 
 /* ---- model ---- */
@@ -62,9 +64,11 @@ int dseek_quant_parse(const char *name);
 
 /* How the weight files get into memory (README "Loading and memory"). */
 enum {
-    DSEEK_LOAD_POPULATE = 0,  /* default: mmap, every page read in at load (MAP_POPULATE) */
+    DSEEK_LOAD_AUTO = 0,      /* default: READ when the weight files fit in the memory available
+                                 now with room to spare (and no --quant), else POPULATE */
     DSEEK_LOAD_LAZY = 1,      /* mmap, pages read on first use (fast start, slow first tokens) */
-    DSEEK_LOAD_READ = 2       /* no mmap: read into anonymous memory backed by huge pages */
+    DSEEK_LOAD_READ = 2,      /* no mmap: read into anonymous memory backed by huge pages */
+    DSEEK_LOAD_POPULATE = 3   /* mmap, every page read in at load (MAP_POPULATE) */
 };
 
 typedef struct {

@@ -72,7 +72,7 @@ typedef struct {
     const char *routing_out;  /* logits --routing-out FILE */
     int check_tensors;        /* --check-tensors: scan every weight for NaN/Inf at load */
     int quant;                /* --quant TYPE (quantize at load), quantize --type TYPE: DSEEK_QUANT_* */
-    int load, mlock;          /* --no-mmap / --lazy-mmap (DSEEK_LOAD_*), --mlock */
+    int load, mlock;          /* --no-mmap / --mmap / --lazy-mmap (DSEEK_LOAD_*), --mlock */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -154,9 +154,11 @@ static void usage(const char *cmd) {
         fprintf(stderr, "  --check-tensors: read every weight at load and refuse NaN or Inf, naming the tensor\n"
                         "  (norms, router and bias are always checked; NaN or Inf logits are always an error)\n");
     if (!cmd || (strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")))
-        fprintf(stderr, "  loading: the weights are mmapped and read in whole at start (default);\n"
-                        "  --lazy-mmap reads pages on first use instead (fast start, slow first tokens);\n"
-                        "  --no-mmap copies them into huge-page memory; --mlock keeps them from being swapped out\n");
+        fprintf(stderr, "  loading: by default the weights are copied into huge-page memory when they fit in the\n"
+                        "  memory available with room to spare, else mmapped and read in whole at start;\n"
+                        "  --no-mmap always copies, --mmap always maps (read in whole at start), --lazy-mmap\n"
+                        "  maps and reads pages on first use (fast start, slow first tokens);\n"
+                        "  --mlock keeps them from being swapped out\n");
 }
 
 static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
@@ -201,6 +203,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--quant") && strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
         else if (!strcmp(f, "--no-mmap") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->load = DSEEK_LOAD_READ;
         else if (!strcmp(f, "--lazy-mmap") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->load = DSEEK_LOAD_LAZY;
+        else if (!strcmp(f, "--mmap") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->load = DSEEK_LOAD_POPULATE;
         else if (!strcmp(f, "--mlock") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->mlock = 1;
         else if (!strcmp(f, "--type") && !strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
         else die_cmd("dseek %s: unknown option \"%s\" (see dseek %s --help)", cmd, f, cmd);
@@ -862,9 +865,9 @@ static int cmd_bench(int argc, char **argv) {
     long rss = rss_kib("VmHWM:");
     if (a.json) {
         printf("{\"model\": \"%s\", \"params\": %zu, \"model_bytes\": %zu, \"decode_bytes_per_token\": %zu, "
-               "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.2f, \"peak_rss_mib\": %.1f}\n",
+               "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.2f, \"peak_rss_mib\": %.1f, \"weights_in\": \"%s\"}\n",
                a.model, info->n_params, info->weight_bytes, info->decode_bytes_per_token, info->cache_bytes_per_token,
-               bw / 1e9, rss / 1024.0);
+               bw / 1e9, rss / 1024.0, info->weights_in);
         if (P > 0) printf("{\"test\": \"pp%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d}\n", P, ppm, pps, R);
         if (N > 1) printf("{\"test\": \"tg%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"roofline_tokens_per_s\": %.3f, \"roofline_pct\": %.1f}\n",
                           N, tgmn, tgs, R, roof, roof > 0 ? 100 * tgmn / roof : 0);
@@ -889,7 +892,8 @@ static int cmd_bench(int argc, char **argv) {
         printf("model: %s\n  %.3f B params, %.2f GiB of weights, decode reads %.3f GiB/token, latent cache %.1f KiB/token\n",
                a.model, info->n_params / 1e9, info->weight_bytes / 1073741824.0,
                info->decode_bytes_per_token / 1073741824.0, info->cache_bytes_per_token / 1024.0);
-        printf("  memory read bandwidth (measured now): %.1f GB/s; peak resident memory %.1f MiB\n", bw / 1e9, rss / 1024.0);
+        printf("  weights in %s; memory read bandwidth (measured now): %.1f GB/s; peak resident memory %.1f MiB\n",
+               info->weights_in, bw / 1e9, rss / 1024.0);
         if (P > 0) printf("pp%-5d %9.2f +- %.2f tok/s   (%d reps)\n", P, ppm, pps, R);
         if (N > 1) printf("tg%-5d %9.2f +- %.2f tok/s   (%.0f%% of the %.2f tok/s bandwidth roofline)\n", N, tgmn, tgs,
                           roof > 0 ? 100 * tgmn / roof : 0, roof);

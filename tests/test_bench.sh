@@ -10,9 +10,13 @@ make -s dseek tools/gen_ckpt || exit 1
 ./tools/gen_ckpt --out "$tmp/m" --preset tiny-v3 --dtype fp8 --hidden 200 --moe-inter 72 --seed 3 >/dev/null 2>&1 || exit 1
 ./dseek bench -m "$tmp/m" -p 16 -n 8 -r 2 --json >"$tmp/out.json" 2>"$tmp/err" || { echo "FAIL bench: $(cat "$tmp/err")"; echo "test_bench: 0 passed, 1 failed"; exit 1; }
 ./dseek bench -m "$tmp/m" -p 16 -n 8 -r 1 >"$tmp/out.txt" 2>&1 || { echo "FAIL bench text"; exit 1; }
-/usr/bin/python3 - "$tmp/m" "$tmp/out.json" "$tmp/out.txt" <<'PYEOF'
+# where the weights went: a small model is copied into huge-page memory by default
+for f in --mmap --lazy-mmap --no-mmap; do
+  ./dseek bench -m "$tmp/m" -p 4 -n 2 -r 1 --no-mtp --json $f 2>/dev/null | head -1 >"$tmp/load$f.json"
+done
+/usr/bin/python3 - "$tmp/m" "$tmp/out.json" "$tmp/out.txt" "$tmp" <<'PYEOF'
 import json, struct, sys
-d, out, txt = sys.argv[1:]
+d, out, txt, tmp = sys.argv[1:]
 rows = [json.loads(l) for l in open(out)]
 passed = failed = 0
 def check(cond, what):
@@ -28,6 +32,9 @@ check(0 < parts <= tp["ms_per_token"] * 1.001 and tp["experts_per_moe_layer"] ==
       f"decode time split: parts {parts:.3f} ms within {tp['ms_per_token']:.3f} ms per token, 4 experts per MoE layer")
 check(all(tests[t]["tokens_per_s"] > 0 for t in ("pp16", "tg8", "tg8_mtp")), "positive speeds")
 check(info["bandwidth_gbs"] > 0 and info["peak_rss_mib"] > 0, "bandwidth and memory measured")
+loads = {f: json.load(open(f"{tmp}/load{f}.json")).get("weights_in") for f in ("--mmap", "--lazy-mmap", "--no-mmap")}
+check(info["weights_in"] == "huge-page memory" and loads == {"--mmap": "mmap", "--lazy-mmap": "mmap, lazy", "--no-mmap": "huge-page memory"},
+      f"weights in: default {info['weights_in']!r}, {loads}")
 check(tests["mtp_cost"]["verify_over_forward"] > 0 and tests["mtp_cost"]["experts_per_moe_layer_1tok"] == 4,
       f"mtp cost: {tests['mtp_cost']['experts_per_moe_layer_1tok']} experts per MoE layer for 1 token (k=4)")
 b = open(d + "/model.safetensors", "rb").read()
@@ -48,7 +55,8 @@ for l in range(c["num_hidden_layers"]):
         want += c["n_routed_experts"] * c["hidden_size"] * 4
 check(info["decode_bytes_per_token"] == want, f"decode bytes per token {info['decode_bytes_per_token']} == {want} from the header")
 t = open(txt).read()
-check("pp16" in t and "tg8" in t and "roofline" in t and "mtp cost" in t, "text report has pp, tg, roofline, mtp cost")
+check("pp16" in t and "tg8" in t and "roofline" in t and "mtp cost" in t and "weights in huge-page memory" in t,
+      "text report has pp, tg, roofline, mtp cost, where the weights are")
 print(f"test_bench: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PYEOF

@@ -58,7 +58,7 @@ PYEOF
     if [ "$got" = "$GREEDY" ]; then ok "$name greedy ids t=$th ($NGEN tokens)"; else bad "$name greedy ids t=$th: got $got want $GREEDY"; fi
   done
   # every way of loading the weights gives the same logits, bit for bit
-  for load in --no-mmap --lazy-mmap --mlock; do
+  for load in --no-mmap --mmap --lazy-mmap --mlock; do
     if ./dseek logits -m "$dir" --tokens "$TOK" -o "$tmp/$name.load.npy" -t 2 $load 2>"$tmp/err" &&
        cmp -s "$tmp/$name.load.npy" "$tmp/$name.prefill.2.npy"; then ok "$name $load: same logits as the default load"
     else bad "$name $load: $(cat "$tmp/err") (logits differ or failed)"; fi
