@@ -3872,10 +3872,15 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->q = xcalloc(B * H * qd, sizeof(float));
     s->kv = xcalloc(B * (R + rope), sizeof(float));
     s->heads = xcalloc(B * H * vd, sizeof(float));
-    s->kvb = xcalloc(H * ((size_t)c->qk_nope_head_dim + vd) * R, sizeof(float));
-    s->kvbh = xcalloc((size_t)s->nth * ((size_t)c->qk_nope_head_dim + vd) * R, sizeof(float));
-    int kbt = 0;
-    for (size_t l = 0; l < nl; l++) kbt |= m->layers[l].kb_t.data != NULL;
+    int kbt = 0, all_kbt = 1; /* some / every layer runs the int8 attention path */
+    for (size_t l = 0; l < nl; l++) {
+        kbt |= m->layers[l].kb_t.data != NULL;
+        all_kbt &= m->layers[l].kb_t.data != NULL;
+    }
+    if (!all_kbt) { /* float32 copies of kv_b for the other layers (64 MB for V3) */
+        s->kvb = xcalloc(H * ((size_t)c->qk_nope_head_dim + vd) * R, sizeof(float));
+        s->kvbh = xcalloc((size_t)s->nth * ((size_t)c->qk_nope_head_dim + vd) * R, sizeof(float));
+    }
     s->lat = xcalloc(B * H * R, sizeof(float));
     s->qblk = xcalloc((size_t)s->nth * ATT_BLOCK * (R + rope), sizeof(float));
     s->scores = xcalloc((size_t)s->nth * ATT_BLOCK * (size_t)n_ctx, sizeof(float));
@@ -3928,7 +3933,7 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     if (!s->sc.rowbuf || !s->sc.wbuf || !s->sc.qa.q || !s->sc.qa.d || !s->sc.qa.s || !s->qx.q || !s->qx.d ||
         !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->hjob || !s->tcount || !s->trows || !s->jmlp ||
         !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
-        !s->kvb || !s->kvbh || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
+        (!all_kbt && (!s->kvb || !s->kvbh)) || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
         !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache ||
         !s->lat || !s->qblk || !s->scores || (kbt && (!s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst || !s->qlc.q || !s->qlc.d ||
                  !s->qlc.s || !s->pbuf))) {

@@ -268,13 +268,17 @@ for t in q8_0 q4_0 q4_k; do
   done
   ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/c8.npy" --chunk 8 2>/dev/null
   ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/pf.npy" 2>/dev/null
+  ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/c100.npy" --chunk 100 2>/dev/null
   # steps of fewer than 16 tokens share the per-token code (bit for bit); a prefill of many
   # tokens computes attention as matrix products (from 64 tokens in MLA's plain form, keys
   # and values decompressed from int8 latents), so it carries its own quantization noise:
   # against the float32 model it must be about as accurate as one token at a time
   cmp -s "$tmp/c8.npy" "$tmp/k_best.npy" \
     && ok "$t: chunks of 8 = one at a time (bit for bit)" || bad "$t: chunks of 8 and decode differ"
-  if r=$($PY - "$tmp/pf.npy" "$tmp/k_best.npy" "$tmp/v3.f.npy" <<'PYEOF'
+  # (chunks of 100: the plain form at positions 0, 100 and 200, causal across blocks)
+  for pf in pf c100; do
+    what="one prefill of 256 tokens"; [ $pf = c100 ] && what="chunks of 100 tokens"
+    if r=$($PY - "$tmp/$pf.npy" "$tmp/k_best.npy" "$tmp/v3.f.npy" <<'PYEOF'
 import sys, numpy as np
 a, b, f = (np.load(x).astype(np.float64) for x in sys.argv[1:4])
 ea, eb = np.abs(a - f).mean(), np.abs(b - f).mean()
@@ -283,7 +287,8 @@ d = np.median(np.abs(a - b).max(1))
 print(f"vs float32: mean|d| {ea:.4f} <= 1.15 x {eb:.4f}, top-1 {ta:.3f} >= {tb:.3f} - 0.03; median row max|d| to decode {d:.3f} <= 0.5")
 sys.exit(0 if ea <= 1.15 * eb and ta >= tb - 0.03 and d <= 0.5 else 1)
 PYEOF
-  ); then ok "$t: one prefill of 256 tokens vs one at a time: $r"; else bad "$t: prefill vs decode: $r"; fi
+    ); then ok "$t: $what vs one at a time: $r"; else bad "$t: $what vs decode: $r"; fi
+  done
   a=$(./dseek run -m "$tmp/v3_$t" --tokens "$PROMPT" -n 24 --temp 0 --ids --no-mtp 2>/dev/null)
   b=$(./dseek run -m "$tmp/v3_$t" --tokens "$PROMPT" -n 24 --temp 0 --ids --no-adaptive 2>/dev/null)
   [ -n "$a" ] && [ "$a" = "$b" ] && ok "$t: greedy ids identical with MTP drafting every step and without" || bad "$t: MTP changes greedy ids: '$a' vs '$b'"
