@@ -3020,9 +3020,11 @@ static void rope_apply(float *v, int d, int pos, const float *inv_freq, float ms
  * times 2^n built in the exponent bits. n is rounded with the 1.5 * 2^23 trick, which is
  * exact under round-to-nearest, so every build gives the same bits (no FMA contraction:
  * the Makefile passes -ffp-contract=off). x is clamped to [-87, 88], where 2^n stays a
- * normal float: silu's e^-x then saturates at 1.6e38 instead of overflowing. */
+ * normal float: silu's e^-x then saturates at 1.6e38 instead of overflowing, and a NaN
+ * never reaches the integer conversion (found by the safetensors fuzz target). */
 static inline float exp_silu(float x) {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    x = x > -87.0f ? x : -87.0f; /* (NaN too: silu's numerator still carries it) */
+    x = x < 88.0f ? x : 88.0f;
     const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
     const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f; /* ln2 = hi + lo, hi exact in 9 bits */
     float p = 1.0f / 5040;
