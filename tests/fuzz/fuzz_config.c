@@ -11,13 +11,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc; (void)argv;
     dseek_set_threads(1);
-    char p[600];
-    snprintf(p, sizeof p, "%s/model.safetensors", fz_env("DSEEK_FUZZ_DATA", "tests/fuzz/data"));
-    size_t n;
-    char *st = fz_read(p, &n);
-    fz_tmpdir();
-    fz_write("model.safetensors", st, n);
-    free(st);
+    fz_put_data("model.safetensors", "model.safetensors");
     return 0;
 }
 

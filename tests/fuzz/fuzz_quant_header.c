@@ -34,13 +34,7 @@ static void fq_cleanup(void) {
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc; (void)argv;
     dseek_set_threads(1);
-    char p[600];
-    snprintf(p, sizeof p, "%s/quant_config.json", fz_env("DSEEK_FUZZ_DATA", "tests/fuzz/data"));
-    size_t n;
-    char *cfg = fz_read(p, &n);
-    fz_tmpdir();
-    fz_write("config.json", cfg, n);
-    free(cfg);
+    fz_put_data("quant_config.json", "config.json");
     snprintf(fq_out, sizeof fq_out, "%s-q", fz_dir);
     FZ_CHECK(mkdir(fq_out, 0700) == 0, "cannot make %s", fq_out);
     atexit(fq_cleanup);

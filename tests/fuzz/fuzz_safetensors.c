@@ -15,13 +15,7 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     (void)argc; (void)argv;
     dseek_set_threads(1);
-    char p[600];
-    snprintf(p, sizeof p, "%s/config.json", fz_env("DSEEK_FUZZ_DATA", "tests/fuzz/data"));
-    size_t n;
-    char *cfg = fz_read(p, &n);
-    fz_tmpdir();
-    fz_write("config.json", cfg, n);
-    free(cfg);
+    fz_put_data("config.json", "config.json");
     return 0;
 }
 

@@ -102,6 +102,18 @@ static inline const char *fz_env(const char *name, const char *def) {
     return v && *v ? v : def;
 }
 
+/* Makes this process's folder (fz_tmpdir) and copies the data file `name` of the data
+ * folder ($DSEEK_FUZZ_DATA, else tests/fuzz/data) into it as `as`. */
+static inline void fz_put_data(const char *name, const char *as) {
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s", fz_env("DSEEK_FUZZ_DATA", "tests/fuzz/data"), name);
+    size_t n;
+    char *b = fz_read(p, &n);
+    fz_tmpdir();
+    fz_write(as, b, n);
+    free(b);
+}
+
 /* Splits data[0..n) at each occurrence of sep: up to max parts, the last one takes the
  * rest. Returns the number of parts. */
 static inline int fz_split(const uint8_t *data, size_t n, const char *sep, const uint8_t **part, size_t *len, int max) {
