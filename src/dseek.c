@@ -2885,6 +2885,15 @@ typedef struct {
  * tokens). One fork and join instead of one per product
  * matters in decode, where a MoE layer has a dozen small products; each output is what
  * qmatmul_act gives. first[n + 1] is scratch. */
+/* Unit i of qmatmul_jobs; *j is the job of the previous unit this thread ran (units come
+ * to each thread in increasing order). */
+static void qjobs_unit(const QJob *job, const size_t *first, int *j, size_t i) {
+    while (first[*j + 1] <= i) (*j)++;
+    const QJob *q = &job[*j];
+    const size_t ng = (q->w->rows + QR - 1) / QR, g = 2 * (i - first[*j]);
+    qgroups(q->w, g, g + 1 < ng ? 2 : 1, &q->a, q->T, q->y, q->ys);
+}
+
 static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
     /* units of two row groups (the last of a product may be one) */
     first[0] = 0;
@@ -2900,12 +2909,7 @@ static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
         {
             int j = 0;
 #pragma omp for schedule(dynamic, 4)
-            for (size_t i = 0; i < total; i++) {
-                while (first[j + 1] <= i) j++;
-                const QJob *q = &job[j];
-                const size_t ng = (q->w->rows + QR - 1) / QR, g = 2 * (i - first[j]);
-                qgroups(q->w, g, g + 1 < ng ? 2 : 1, &q->a, q->T, q->y, q->ys);
-            }
+            for (size_t i = 0; i < total; i++) qjobs_unit(job, first, &j, i);
         }
         return;
     }
@@ -2914,14 +2918,8 @@ static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
 #pragma omp parallel
     {
         size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
-        size_t lo = total * tid / nth, hi = total * (tid + 1) / nth;
         int j = 0;
-        for (size_t i = lo; i < hi; i++) {
-            while (first[j + 1] <= i) j++;
-            const QJob *q = &job[j];
-            const size_t ng = (q->w->rows + QR - 1) / QR, g = 2 * (i - first[j]);
-            qgroups(q->w, g, g + 1 < ng ? 2 : 1, &q->a, q->T, q->y, q->ys);
-        }
+        for (size_t i = total * tid / nth; i < total * (tid + 1) / nth; i++) qjobs_unit(job, first, &j, i);
     }
 }
 
