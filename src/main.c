@@ -166,6 +166,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
     a->n_predict = 16;
     a->samp.top_p = 1.0f;
     a->samp.seed = 1;
+    const int runs_model = strcmp(cmd, "tokenize") && strcmp(cmd, "quantize"); /* takes the loading flags */
     for (int i = 2; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define VAL (i++, v ? v : (die("%s: missing value", f), ""))
@@ -201,10 +202,10 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--draft")) { a->n_draft = (int)parse_long(f, v, 1, 8); i++; }
         else if (!strcmp(f, "--check-tensors") && strcmp(cmd, "tokenize")) a->check_tensors = 1;
         else if (!strcmp(f, "--quant") && strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
-        else if (!strcmp(f, "--no-mmap") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->load = DSEEK_LOAD_READ;
-        else if (!strcmp(f, "--lazy-mmap") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->load = DSEEK_LOAD_LAZY;
-        else if (!strcmp(f, "--mmap") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->load = DSEEK_LOAD_POPULATE;
-        else if (!strcmp(f, "--mlock") && strcmp(cmd, "tokenize") && strcmp(cmd, "quantize")) a->mlock = 1;
+        else if (!strcmp(f, "--no-mmap") && runs_model) a->load = DSEEK_LOAD_READ;
+        else if (!strcmp(f, "--lazy-mmap") && runs_model) a->load = DSEEK_LOAD_LAZY;
+        else if (!strcmp(f, "--mmap") && runs_model) a->load = DSEEK_LOAD_POPULATE;
+        else if (!strcmp(f, "--mlock") && runs_model) a->mlock = 1;
         else if (!strcmp(f, "--type") && !strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
         else die_cmd("dseek %s: unknown option \"%s\" (see dseek %s --help)", cmd, f, cmd);
 #undef VAL
