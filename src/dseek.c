@@ -25,6 +25,8 @@
 #include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -2857,15 +2859,6 @@ const char *dseek_kernel_name(void) {
     return qkernels[qkernel].name;
 }
 
-/* y[T, rows] = a W^T for quantized W and activations already in a: pairs of row groups in
- * parallel. */
-static void qmatmul_act(float *y, const QAct *a, const Tensor *w, int T) {
-    const size_t ng = (w->rows + QR - 1) / QR;
-    DS_ASSERT(a->nb == (w->cols + QK - 1) / QK);
-#pragma omp parallel for schedule(static)
-    for (size_t g = 0; g < ng; g += 2) qgroups(w, g, g + 1 < ng ? 2 : 1, a, T, y, w->rows);
-}
-
 /* The activations of a from row `row` on (a view, nothing copied). */
 static QAct qact_rows(const QAct *a, size_t row) {
     return (QAct){a->q + row * a->cols_p, a->d + row * a->nb, a->s + row * a->nb, a->cols_p, a->nb};
@@ -2880,11 +2873,6 @@ typedef struct {
     size_t ys;                /* row stride of y */
 } QJob;
 
-/* Runs n quantized products in one parallel region: their row groups, all together, are
- * cut into one contiguous range per thread (one token) or handed out a few at a time (more
- * tokens). One fork and join instead of one per product
- * matters in decode, where a MoE layer has a dozen small products; each output is what
- * qmatmul_act gives. first[n + 1] is scratch. */
 /* Unit i of qmatmul_jobs; *j is the job of the previous unit this thread ran (units come
  * to each thread in increasing order). */
 static void qjobs_unit(const QJob *job, const size_t *first, int *j, size_t i) {
@@ -2894,6 +2882,52 @@ static void qjobs_unit(const QJob *job, const size_t *first, int *j, size_t i) {
     qgroups(q->w, g, g + 1 < ng ? 2 : 1, &q->a, q->T, q->y, q->ys);
 }
 
+/* A thread's share of units in qmatmul_jobs' one-token split: [lo, hi) packed in one word
+ * (lo in the high half), alone on its cache line. The owner takes units from the front;
+ * a thread that has run out takes the back half of another's share. */
+typedef struct {
+    _Atomic uint64_t range;
+    char pad[64 - sizeof(uint64_t)];
+} UnitRange;
+
+static uint64_t range_pack(uint64_t lo, uint64_t hi) { return lo << 32 | hi; }
+
+/* One thread's part of a one-token qmatmul_jobs: its own contiguous share first, from the
+ * front, then halves of what others still have left. */
+static void qjobs_steal(const QJob *job, const size_t *first, UnitRange *rg, size_t nth, size_t tid) {
+    int j = 0;
+    for (;;) {
+        uint64_t v = atomic_load(&rg[tid].range);
+        uint64_t lo = v >> 32, hi = v & 0xffffffffu;
+        if (lo < hi) {
+            if (atomic_compare_exchange_weak(&rg[tid].range, &v, range_pack(lo + 1, hi))) {
+                if (first[j] > lo) j = 0; /* a stolen share may lie before the last one */
+                qjobs_unit(job, first, &j, lo);
+            }
+            continue;
+        }
+        int got = 0;
+        for (size_t o = 1; o < nth && !got; o++) {
+            UnitRange *victim = &rg[(tid + o) % nth];
+            uint64_t w = atomic_load(&victim->range);
+            for (;;) {
+                uint64_t l2 = w >> 32, h2 = w & 0xffffffffu, mid = l2 + (h2 - l2) / 2;
+                if (h2 - l2 < 2) break; /* one unit left: its owner is about to run it */
+                if (atomic_compare_exchange_weak(&victim->range, &w, range_pack(l2, mid))) {
+                    atomic_store(&rg[tid].range, range_pack(mid, h2));
+                    got = 1;
+                    break;
+                }
+            }
+        }
+        if (!got) return;
+    }
+}
+
+/* Runs n quantized products in one parallel region (one fork and join instead of one per
+ * product: in decode a MoE layer is a dozen small products); each output row comes from
+ * the same kernel call whichever thread runs it, so the bits never depend on the split.
+ * first[n + 1] is scratch. */
 static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
     /* units of two row groups (the last of a product may be one) */
     first[0] = 0;
@@ -2913,14 +2947,29 @@ static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
         }
         return;
     }
-    /* one token: one contiguous range of rows per thread, which streams memory faster than
-     * units handed out dynamically (decode 96 against 83 tok/s, Q4_0) */
+    /* one token: one contiguous share of units per thread, which streams memory faster
+     * than units handed out dynamically (decode 96 against 83 tok/s, Q4_0), and a thread
+     * that finishes first takes the back half of another's rest: this machine's two vCPUs
+     * do not run at the same speed, and with equal shares the faster one waited at every
+     * join (decode MoE streams 46 -> 51 GB/s, Q8_0, 2 threads) */
+    UnitRange rg[n_threads()];
 #pragma omp parallel
     {
         size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
-        int j = 0;
-        for (size_t i = total * tid / nth; i < total * (tid + 1) / nth; i++) qjobs_unit(job, first, &j, i);
+        DS_ASSERT(nth <= sizeof rg / sizeof rg[0]);
+        atomic_store(&rg[tid].range, range_pack(total * tid / nth, total * (tid + 1) / nth));
+#pragma omp barrier
+        qjobs_steal(job, first, rg, nth, tid);
     }
+}
+
+/* y[T, rows] = a W^T for quantized W and activations already in a: one product of
+ * qmatmul_jobs. */
+static void qmatmul_act(float *y, const QAct *a, const Tensor *w, int T) {
+    DS_ASSERT(a->nb == (w->cols + QK - 1) / QK);
+    const QJob job = {w, *a, T, y, w->rows};
+    size_t first[2];
+    qmatmul_jobs(&job, 1, first);
 }
 
 /* sum of a[i] * b[i] in 16 independent lanes (lane i % 16), then the lanes added in a fixed
@@ -3001,11 +3050,12 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t n, float 
     for (size_t i = 0; i < n; i++) out[i] = x[i] * inv * w[i];
 }
 
-/* Rotates adjacent pairs (2i, 2i+1) of v[d] by pos * inv_freq[i] (SPEC: interleaved RoPE). */
-static void rope_apply(float *v, int d, int pos, const float *inv_freq, float mscale) {
+/* Rotates adjacent pairs (2i, 2i+1) of v[d] by the angles of one position (SPEC:
+ * interleaved RoPE): cs holds their d/2 cosines then d/2 sines, times the YaRN mscale
+ * (rope_table). */
+static void rope_apply(float *v, int d, const float *cs) {
     for (int i = 0; i < d / 2; i++) {
-        float ang = (float)pos * inv_freq[i];
-        float c = (float)cos((double)ang) * mscale, s = (float)sin((double)ang) * mscale;
+        const float c = cs[i], s = cs[d / 2 + i];
         float a = v[2 * i], b = v[2 * i + 1];
         v[2 * i] = a * c - b * s;
         v[2 * i + 1] = a * s + b * c;
@@ -3096,11 +3146,33 @@ struct dseek_session {
     float *hchain;            /* hidden state fed to a chained MTP draft [D] */
     float *xcat;              /* MTP input [enorm(e), hnorm(h)] [B, 2D] */
     float *cache;             /* latent cache [L + n_mtp][n_ctx][R + rope] */
+    float *rope_cs;           /* RoPE cosines and sines per position [n_ctx][rope] (rope_apply) */
+    int rope_n;               /* positions below this have their row */
     dseek_profile prof;       /* time spent per part of the model, accumulated */
     int *route_log;           /* optional: chosen experts [L + n_mtp][route_n][k], or NULL */
     int route_n;
     char err[512];
 };
+
+/* The RoPE angles' cosines and sines of position p (filled by rope_fill). */
+static float *rope_at(const dseek_session *s, int p) {
+    return s->rope_cs + (size_t)p * (size_t)s->m->c.qk_rope_head_dim;
+}
+
+/* Fills the RoPE rows of positions up to n (exclusive): every head and layer of a step
+ * rotates by the same angles, so each position's sin and cos are computed once. */
+static void rope_fill(dseek_session *s, int n) {
+    const dseek_model *m = s->m;
+    const int d = m->c.qk_rope_head_dim;
+    for (; s->rope_n < n; s->rope_n++) {
+        float *cs = rope_at(s, s->rope_n);
+        for (int i = 0; i < d / 2; i++) {
+            const float ang = (float)s->rope_n * m->inv_freq[i];
+            cs[i] = (float)cos((double)ang) * m->rope_mscale;
+            cs[d / 2 + i] = (float)sin((double)ang) * m->rope_mscale;
+        }
+    }
+}
 
 /* MLP: y[T, D] = down(silu(gate(x)) * up(x)) */
 /* y1 = x W1^T and y2 = x W2^T: with both quantized and few tokens, x is quantized once and
@@ -3145,10 +3217,11 @@ static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
 /* The per-token core of absorbed attention: qc holds q_lat [R] then the raw q_pe [rope]
  * of the token at position p; q_pe is roped in place, the token scores every cached
  * position up to its own (sc: room for p + 1 scores), and o_lat [R] = sum_j p_j c_j. */
-static void attend_latent(const dseek_model *m, const float *cache, float *qc, int p, float *sc, float *olat) {
+static void attend_latent(const dseek_session *s, const float *cache, float *qc, int p, float *sc, float *olat) {
+    const dseek_model *m = s->m;
     const size_t R = (size_t)m->c.kv_lora_rank, rope = (size_t)m->c.qk_rope_head_dim, C = R + rope;
     const int n = p + 1; /* causal: positions 0..p */
-    rope_apply(qc + R, (int)rope, p, m->inv_freq, m->rope_mscale);
+    rope_apply(qc + R, (int)rope, rope_at(s, p));
     float mx = -INFINITY;
     for (int j = 0; j < n; j++) {
         sc[j] = dot_f32(qc, cache + (size_t)j * C, C) * m->softmax_scale;
@@ -3183,7 +3256,7 @@ static void attend_head(dseek_session *s, const float *cache, const float *wuk, 
         for (size_t r = 0; r < R; r++) qc[r] += a * wr[r];
     }
     memcpy(qc + R, qh + nope, rope * sizeof(float));
-    attend_latent(m, cache, qc, pos + t, sc, olat);
+    attend_latent(s, cache, qc, pos + t, sc, olat);
     /* out[h] = W_UV[h] o_lat */
     const float *wuv = wuk + nope * R;
     float *o = s->heads + (size_t)t * H * vd + (size_t)h * vd;
@@ -3231,7 +3304,7 @@ static void attend_all_sgemm(dseek_session *s, const float *cache, int T, int po
             float *qr = qb + (size_t)i * C;
             memcpy(qr, s->lat + (t * H + h) * R, R * sizeof(float));
             memcpy(qr + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
-            rope_apply(qr + R, (int)rope, pos + (int)t, s->m->inv_freq, s->m->rope_mscale);
+            rope_apply(qr + R, (int)rope, rope_at(s, pos + (int)t));
         }
         attend_rows_sgemm(s, cache, qb, C, nq, pos + (int)t0, s->lat + (t0 * H + h) * R, H * R,
                           s->scores + (size_t)thread_id() * ATT_BLOCK * (size_t)s->n_ctx);
@@ -3272,7 +3345,7 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, i
             float *qc = s->att + (size_t)thread_id() * s->att_stride;
             memcpy(qc, lat, R * sizeof(float));
             memcpy(qc + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
-            attend_latent(m, cache, qc, pos + (int)t, qc + C + R, lat);
+            attend_latent(s, cache, qc, pos + (int)t, qc + C + R, lat);
         }
     }
 #pragma omp parallel for schedule(static)
@@ -3323,7 +3396,7 @@ static void attend_plain_q(dseek_session *s, const Layer *ly, const float *cache
         float *S = KV + KEY_BLOCK * hrows;                          /* [ATT_BLOCK, KEY_BLOCK] */
         for (int t = 0; t < T; t++) {
             memcpy(Q + (size_t)t * qd, s->q + (size_t)t * H * qd + h * qd, qd * sizeof(float));
-            rope_apply(Q + (size_t)t * qd + nope, (int)rope, pos + t, m->inv_freq, m->rope_mscale);
+            rope_apply(Q + (size_t)t * qd + nope, (int)rope, rope_at(s, pos + t));
             mx[t] = -INFINITY;
             l[t] = 0;
         }
@@ -3393,7 +3466,7 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
         float *row = cache + (size_t)(pos + t) * C;
         rmsnorm(row, s->kv + t * C, ly->kv_a_norm, R, c->rms_norm_eps);
         memcpy(row + R, s->kv + t * C + R, rope * sizeof(float));
-        rope_apply(row + R, (int)rope, pos + t, m->inv_freq, m->rope_mscale);
+        rope_apply(row + R, (int)rope, rope_at(s, pos + t));
     }
 
     /* kv_b_proj in float32: W_UK[h] is rows h*(nope+v).. of it, W_UV[h] the next v rows.
@@ -3661,6 +3734,7 @@ static void layer_forward(dseek_session *s, int li, int T, int pos) {
     const Layer *ly = &m->layers[li];
     const size_t D = (size_t)m->c.hidden_size;
     double t0 = clock_s();
+    rope_fill(s, pos + T);
     for (int t = 0; t < T; t++) rmsnorm(s->xn + t * D, s->x + t * D, ly->attn_norm, D, m->c.rms_norm_eps);
     mla_forward(s, li, s->xn, s->y, T, pos);
     for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->y[i];
@@ -3816,7 +3890,7 @@ int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, 
 void dseek_session_free(dseek_session *s) {
     if (!s) return;
     float **bufs[] = {&s->sc.rowbuf, &s->sc.wbuf, &s->x, &s->xn, &s->y, &s->qa, &s->q, &s->kv, &s->heads,
-                      &s->kvb, &s->kvbh, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->cache};
+                      &s->kvb, &s->kvbh, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->cache, &s->rope_cs};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     free(s->topk);
     free(s->etok);
@@ -3952,11 +4026,12 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->hchain = xcalloc(D, sizeof(float));
     s->xcat = xcalloc(B * 2 * D, sizeof(float));
     s->cache = xcalloc(nl * (size_t)n_ctx * (R + rope), sizeof(float));
+    s->rope_cs = xcalloc((size_t)n_ctx * rope, sizeof(float));
     if (!s->sc.rowbuf || !s->sc.wbuf || !s->sc.qa.q || !s->sc.qa.d || !s->sc.qa.s || !s->qx.q || !s->qx.d ||
         !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->hjob || !s->tcount || !s->trows || !s->jmlp ||
         !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         (!all_kbt && (!s->kvb || !s->kvbh)) || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
-        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache ||
+        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache || !s->rope_cs ||
         !s->lat || !s->qblk || !s->scores || (kbt && (!s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst || !s->qlc.q || !s->qlc.d ||
                  !s->qlc.s || !s->pbuf))) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);
