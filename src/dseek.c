@@ -982,6 +982,27 @@ static int map_file(int fd, const char *path, size_t size, int load, uint8_t **m
     return 0;
 }
 
+/* *size bytes of zeroed memory in huge pages where the kernel gives them: an anonymous map
+ * aligned to 2 MiB, *size rounded up to a multiple of it, with MADV_HUGEPAGE; released with
+ * munmap(p, *size). NULL if it cannot be had. For the latent cache: in 4 KiB pages a growing
+ * context faults in a page every other token in every layer (10 us per layer and token of
+ * a V2-Lite decode, a tenth of its attention). */
+static void *huge_zalloc(size_t *size) {
+    const size_t huge = (size_t)2 << 20;
+    if (!*size || *size > SIZE_MAX - 2 * huge) return NULL;
+    const size_t len = (*size + huge - 1) / huge * huge;
+    uint8_t *p = mmap(NULL, len + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uint8_t *a = p + (huge - (uintptr_t)p % huge) % huge; /* the first 2 MiB boundary */
+    if (a > p) munmap(p, (size_t)(a - p));
+    if (p + len + huge > a + len) munmap(a + len, (size_t)(p + len + huge - (a + len)));
+#ifdef MADV_HUGEPAGE
+    madvise(a, len, MADV_HUGEPAGE);
+#endif
+    *size = len;
+    return a;
+}
+
 /* Maps one safetensors file and adds its tensors to the table. `only` (may be NULL) is the
  * index's weight_map: when given, only tensors it assigns to this file are added. Every
  * header field is validated: lengths, dtypes, shapes, offsets within the data area, and
@@ -2986,6 +3007,42 @@ static float dot_f32(const float *a, const float *b, size_t n) {
     return acc[0];
 }
 
+/* 16 floats as one value (GCC and Clang vector extensions): element-wise arithmetic that
+ * the compiler keeps in vector registers, an AVX-512 register or two AVX2 ones or plain
+ * floats, with the same float operations in every build. */
+typedef float f32x16 __attribute__((vector_size(64)));
+/* an f32x16 read from any float address (no alignment asked, may alias floats) */
+typedef float f32x16_u __attribute__((vector_size(64), aligned(4), may_alias));
+#define f32x16_load(p) (*(const f32x16_u *)(p))
+
+/* out[i] = dot_f32(w + i * ldw, x, n) for i < nr (at most 4): the rows' sums run side by
+ * side (one sum waits on its adder at every step) and share the loads of x; each row's
+ * floats meet in dot_f32's order, so the results are its bits. */
+static inline __attribute__((always_inline)) void dot_f32_n(const float *w, size_t ldw, const int NR, const float *x,
+                                                             size_t n, float *out) {
+    f32x16 acc[4];
+    for (int r = 0; r < NR; r++) acc[r] = (f32x16){0};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const f32x16 xv = f32x16_load(x + i);
+        for (int r = 0; r < NR; r++) acc[r] += f32x16_load(w + r * ldw + i) * xv;
+    }
+    for (int r = 0; r < NR; r++) {
+        float a[16];
+        memcpy(a, &acc[r], sizeof a);
+        for (int k = 0; i + (size_t)k < n; k++) a[k] += w[r * ldw + i + k] * x[i + k];
+        for (int v = 8; v >= 1; v /= 2)
+            for (int k = 0; k < v; k++) a[k] += a[k + v];
+        out[r] = a[0];
+    }
+}
+
+static void dot_f32_rows(const float *w, size_t ldw, size_t nr, const float *x, size_t n, float *out) {
+    if (nr == 4) dot_f32_n(w, ldw, 4, x, n, out);
+    else
+        for (size_t r = 0; r < nr; r++) dot_f32_n(w + r * ldw, ldw, 1, x, n, out + r);
+}
+
 /* Scratch the matmul needs, owned by the session. */
 typedef struct {
     float *rowbuf;            /* [threads, max_in] one converted weight row per thread */
@@ -3145,7 +3202,8 @@ struct dseek_session {
     int hid_end;              /* positions below this have their row (MTP models) */
     float *hchain;            /* hidden state fed to a chained MTP draft [D] */
     float *xcat;              /* MTP input [enorm(e), hnorm(h)] [B, 2D] */
-    float *cache;             /* latent cache [L + n_mtp][n_ctx][R + rope] */
+    float *cache;             /* latent cache [L + n_mtp][n_ctx][R + rope] (huge_zalloc) */
+    size_t cache_bytes;
     float *rope_cs;           /* RoPE cosines and sines per position [n_ctx][rope] (rope_apply) */
     int rope_n;               /* positions below this have their row */
     dseek_profile prof;       /* time spent per part of the model, accumulated */
@@ -3214,26 +3272,69 @@ static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
     }
 }
 
-/* The per-token core of absorbed attention: qc holds q_lat [R] then the raw q_pe [rope]
- * of the token at position p; q_pe is roped in place, the token scores every cached
- * position up to its own (sc: room for p + 1 scores), and o_lat [R] = sum_j p_j c_j. */
-static void attend_latent(const dseek_session *s, const float *cache, float *qc, int p, float *sc, float *olat) {
+/* Heads of one token that attend_latent_n runs together, at most. */
+#define ATT_HEADS 8
+
+/* Absorbed MLA attention of NH heads of one token at position p over the latent cache
+ * (positions 0..p): qc[NH][R + rope] holds each head's q_lat = W_UK^T q_nope and its q_pe
+ * (roped here), and olat[NH][R] gets o_lat = sum_j softmax_j(scale * qc . c_j) c_j[:R]. The
+ * heads share each pass over the cache and their dot products run side by side: one head's
+ * 16-lane sum waits on its adder at every step, several fill the pipeline (decode
+ * attention 3x faster). Each head's floats meet in dot_f32's order whatever NH is, so
+ * the bits do not depend on how heads are grouped. sc: scratch [NH][p + 1]. */
+static inline __attribute__((always_inline)) void attend_latent_n(const dseek_session *s, const float *cache,
+                                                                  float *qc, const int NH, int p, float *sc,
+                                                                  float *olat) {
     const dseek_model *m = s->m;
     const size_t R = (size_t)m->c.kv_lora_rank, rope = (size_t)m->c.qk_rope_head_dim, C = R + rope;
-    const int n = p + 1; /* causal: positions 0..p */
-    rope_apply(qc + R, (int)rope, rope_at(s, p));
-    float mx = -INFINITY;
-    for (int j = 0; j < n; j++) {
-        sc[j] = dot_f32(qc, cache + (size_t)j * C, C) * m->softmax_scale;
-        if (sc[j] > mx) mx = sc[j];
+    const size_t n = (size_t)p + 1; /* causal: positions 0..p */
+    for (int h = 0; h < NH; h++) rope_apply(qc + h * C + R, (int)rope, rope_at(s, p));
+    for (size_t j = 0; j < n; j++) {
+        const float *cj = cache + j * C;
+        f32x16 acc[ATT_HEADS];
+        for (int h = 0; h < NH; h++) acc[h] = (f32x16){0};
+        size_t i = 0;
+        for (; i + 16 <= C; i += 16) {
+            const f32x16 cv = f32x16_load(cj + i);
+            for (int h = 0; h < NH; h++) acc[h] += f32x16_load(qc + h * C + i) * cv;
+        }
+        for (int h = 0; h < NH; h++) {
+            float a[16];
+            memcpy(a, &acc[h], sizeof a);
+            for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * cj[i + k];
+            for (int w = 8; w >= 1; w /= 2)
+                for (int k = 0; k < w; k++) a[k] += a[k + w];
+            sc[h * n + j] = a[0] * m->softmax_scale;
+        }
     }
-    float sum = 0;
-    for (int j = 0; j < n; j++) { sc[j] = expf(sc[j] - mx); sum += sc[j]; }
-    memset(olat, 0, R * sizeof(float));
-    for (int j = 0; j < n; j++) {
-        float pj = sc[j] / sum;
-        const float *cj = cache + (size_t)j * C;
-        for (size_t r = 0; r < R; r++) olat[r] += pj * cj[r];
+    for (int h = 0; h < NH; h++) {
+        float *sh = sc + h * n, mx = -INFINITY, sum = 0;
+        for (size_t j = 0; j < n; j++) mx = sh[j] > mx ? sh[j] : mx;
+        for (size_t j = 0; j < n; j++) { sh[j] = expf(sh[j] - mx); sum += sh[j]; }
+        for (size_t j = 0; j < n; j++) sh[j] /= sum;
+    }
+    memset(olat, 0, (size_t)NH * R * sizeof(float));
+    for (size_t j = 0; j < n; j++) {
+        const float *cj = cache + j * C;
+        for (int h = 0; h < NH; h++) {
+            const float pj = sc[h * n + j];
+            float *o = olat + h * R;
+            for (size_t r = 0; r < R; r++) o[r] += pj * cj[r];
+        }
+    }
+}
+
+/* attend_latent_n for nh heads, in groups of ATT_HEADS, 4 and 1 (the kernel wants NH known
+ * at compile time). */
+static void attend_latent(const dseek_session *s, const float *cache, float *qc, int nh, int p, float *sc,
+                          float *olat) {
+    const size_t R = (size_t)s->m->c.kv_lora_rank, C = R + (size_t)s->m->c.qk_rope_head_dim;
+    for (int h = 0; h < nh;) {
+        const int g = nh - h >= ATT_HEADS ? ATT_HEADS : nh - h >= 4 ? 4 : 1;
+        if (g == ATT_HEADS) attend_latent_n(s, cache, qc + h * C, ATT_HEADS, p, sc, olat + h * R);
+        else if (g == 4) attend_latent_n(s, cache, qc + h * C, 4, p, sc, olat + h * R);
+        else attend_latent_n(s, cache, qc + h * C, 1, p, sc, olat + h * R);
+        h += g;
     }
 }
 
@@ -3256,7 +3357,7 @@ static void attend_head(dseek_session *s, const float *cache, const float *wuk, 
         for (size_t r = 0; r < R; r++) qc[r] += a * wr[r];
     }
     memcpy(qc + R, qh + nope, rope * sizeof(float));
-    attend_latent(s, cache, qc, pos + t, sc, olat);
+    attend_latent(s, cache, qc, 1, pos + t, sc, olat);
     /* out[h] = W_UV[h] o_lat */
     const float *wuv = wuk + nope * R;
     float *o = s->heads + (size_t)t * H * vd + (size_t)h * vd;
@@ -3338,14 +3439,21 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, i
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
     if (T >= SGEMM_MIN_TOKENS) attend_all_sgemm(s, cache, T, pos);
     else {
+        /* (token, group of heads) in parallel: groups of up to ATT_HEADS heads, smaller
+         * when there would be fewer groups than threads */
+        size_t gh = ATT_HEADS;
+        while (gh > 1 && (size_t)T * ((H + gh - 1) / gh) < (size_t)s->nth) gh /= 2;
+        const size_t ng = (H + gh - 1) / gh;
 #pragma omp parallel for schedule(dynamic, 1)
-        for (size_t th = 0; th < (size_t)T * H; th++) {
-            const size_t t = th / H, h = th % H;
-            float *lat = s->lat + th * R; /* q_lat in, o_lat out */
+        for (size_t tg = 0; tg < (size_t)T * ng; tg++) {
+            const size_t t = tg / ng, h0 = tg % ng * gh, nh = H - h0 < gh ? H - h0 : gh;
+            float *lat = s->lat + (t * H + h0) * R; /* q_lat in, o_lat out */
             float *qc = s->att + (size_t)thread_id() * s->att_stride;
-            memcpy(qc, lat, R * sizeof(float));
-            memcpy(qc + R, s->q + t * H * qd + h * qd + nope, rope * sizeof(float));
-            attend_latent(s, cache, qc, pos + (int)t, qc + C + R, lat);
+            for (size_t h = 0; h < nh; h++) {
+                memcpy(qc + h * C, lat + h * R, R * sizeof(float));
+                memcpy(qc + h * C + R, s->q + t * H * qd + (h0 + h) * qd + nope, rope * sizeof(float));
+            }
+            attend_latent(s, cache, qc, (int)nh, pos + (int)t, qc + nh * C, lat);
         }
     }
 #pragma omp parallel for schedule(static)
@@ -3629,7 +3737,7 @@ static void moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, fl
     }
     qmatmul_jobs(s->qjobs, 2 * nj, s->qfirst);
     /* silu(gate) * up of every row, quantized for the down products (row r of qh) */
-#pragma omp parallel for schedule(static) if (rows > 8)
+#pragma omp parallel for schedule(static) if (rows > 1)
     for (int r = 0; r < rows; r++) {
         /* expert j's rows go to its own region of qh, at the stride of its width I */
         const int j = s->hjob[r];
@@ -3674,11 +3782,13 @@ static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int
     const Layer *ly = &s->m->layers[li];
     const Config *c = &s->m->c;
     const size_t D = (size_t)c->hidden_size, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
-    /* router logits in float32: gate.weight x */
-    for (int t = 0; t < T; t++)
-        for (size_t e = 0; e < E; e++) {
-            s->rlogits[t * E + e] = dot_f32(ly->router + e * D, xn + t * D, D);
-        }
+    /* router logits in float32: gate.weight x, the experts split among the threads (V3's
+     * router is 7 MB of float32 a layer) */
+#pragma omp parallel for schedule(static) if (E >= 32)
+    for (size_t e = 0; e < E; e += 4) {
+        const size_t ne = E - e < 4 ? E - e : 4;
+        for (int t = 0; t < T; t++) dot_f32_rows(ly->router + e * D, D, ne, xn + t * D, D, s->rlogits + t * E + e);
+    }
     for (int t = 0; t < T; t++) route_token(c, s->rlogits + t * E, ly->router_bias, s->topk + t * k, s->topw + t * k);
     if (s->route_log && pos + T <= s->route_n)
         memcpy(s->route_log + ((size_t)li * (size_t)s->route_n + (size_t)pos) * k, s->topk, (size_t)T * k * sizeof(int));
@@ -3890,8 +4000,9 @@ int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, 
 void dseek_session_free(dseek_session *s) {
     if (!s) return;
     float **bufs[] = {&s->sc.rowbuf, &s->sc.wbuf, &s->x, &s->xn, &s->y, &s->qa, &s->q, &s->kv, &s->heads,
-                      &s->kvb, &s->kvbh, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->cache, &s->rope_cs};
+                      &s->kvb, &s->kvbh, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->rope_cs};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
+    if (s->cache) munmap(s->cache, s->cache_bytes);
     free(s->topk);
     free(s->etok);
     free(s->sc.qa.q);
@@ -3993,7 +4104,7 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
         s->hjobs = xcalloc(H, sizeof(QJob));
         s->hfirst = xcalloc(H + 1, sizeof(size_t));
     }
-    s->att_stride = (R + rope) + R + (size_t)n_ctx;
+    s->att_stride = ATT_HEADS * (R + rope + (size_t)n_ctx); /* attend_latent's qc and sc */
     s->att = xcalloc((size_t)s->nth * s->att_stride, sizeof(float));
     s->gate = xcalloc(B * inter, sizeof(float));
     s->up = xcalloc(B * inter, sizeof(float));
@@ -4025,7 +4136,8 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->hid = xcalloc((s->hid_by_pos ? (size_t)n_ctx : B) * D, sizeof(float));
     s->hchain = xcalloc(D, sizeof(float));
     s->xcat = xcalloc(B * 2 * D, sizeof(float));
-    s->cache = xcalloc(nl * (size_t)n_ctx * (R + rope), sizeof(float));
+    s->cache_bytes = nl * (size_t)n_ctx * (R + rope) * sizeof(float);
+    s->cache = huge_zalloc(&s->cache_bytes);
     s->rope_cs = xcalloc((size_t)n_ctx * rope, sizeof(float));
     if (!s->sc.rowbuf || !s->sc.wbuf || !s->sc.qa.q || !s->sc.qa.d || !s->sc.qa.s || !s->qx.q || !s->qx.d ||
         !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->hjob || !s->tcount || !s->trows || !s->jmlp ||
