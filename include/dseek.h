@@ -105,6 +105,16 @@ int dseek_model_check_tensors(const dseek_model *m, char *err, size_t errlen);
  * needs is allocated here. */
 int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_session **out,
                       char *err, size_t errlen);
+
+/* What the latent cache holds: float32 (the default), or bfloat16, half the memory and half
+ * the cache bytes a decode step reads at long contexts, for latents rounded to 8 significant
+ * bits (logits move by about 1e-2 on the reference cases). */
+typedef enum { DSEEK_CACHE_F32 = 0, DSEEK_CACHE_BF16 = 1 } dseek_cache_type;
+/* dseek_session_new with the cache's element type. */
+int dseek_session_new_cache(const dseek_model *m, int n_ctx, int n_batch, dseek_cache_type cache_type,
+                            dseek_session **out, char *err, size_t errlen);
+/* Bytes of latent cache per position (every layer, MTP included). */
+size_t dseek_session_cache_bytes_per_token(const dseek_session *s);
 void dseek_session_free(dseek_session *s);
 const char *dseek_session_error(const dseek_session *s);
 int dseek_session_ctx(const dseek_session *s);

@@ -78,6 +78,14 @@ static float bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* float32 to bfloat16, rounded to nearest with ties to even; a NaN stays a NaN. */
+static uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(u >> 16 | 0x40);
+    return (uint16_t)((u + 0x7fffu + (u >> 16 & 1)) >> 16);
+}
+
 static float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
     if (exp == 0) {
@@ -2894,13 +2902,23 @@ typedef struct {
     size_t ys;                /* row stride of y */
 } QJob;
 
+/* Row groups per unit of qmatmul_jobs: two (the pair kernel's), or for one token as many
+ * as make UNIT_BYTES of weights: a product of short rows, such as a head's W_UK^T (4 KiB a
+ * pair of groups), would otherwise spend about as long starting units as streaming them. */
+#define UNIT_BYTES ((size_t)32 << 10)
+static size_t unit_groups(const QJob *q) {
+    if (q->T > 1) return 2;
+    const size_t gb = qgroup_bytes(q->w->dtype, q->w->cols), u = (UNIT_BYTES + gb - 1) / gb;
+    return u < 2 ? 2 : u;
+}
+
 /* Unit i of qmatmul_jobs; *j is the job of the previous unit this thread ran (units come
  * to each thread in increasing order). */
 static void qjobs_unit(const QJob *job, const size_t *first, int *j, size_t i) {
     while (first[*j + 1] <= i) (*j)++;
     const QJob *q = &job[*j];
-    const size_t ng = (q->w->rows + QR - 1) / QR, g = 2 * (i - first[*j]);
-    qgroups(q->w, g, g + 1 < ng ? 2 : 1, &q->a, q->T, q->y, q->ys);
+    const size_t ng = (q->w->rows + QR - 1) / QR, ug = unit_groups(q), g = ug * (i - first[*j]);
+    qgroups(q->w, g, (int)(ng - g < ug ? ng - g : ug), &q->a, q->T, q->y, q->ys);
 }
 
 /* A thread's share of units in qmatmul_jobs' one-token split: [lo, hi) packed in one word
@@ -2950,9 +2968,12 @@ static void qjobs_steal(const QJob *job, const size_t *first, UnitRange *rg, siz
  * the same kernel call whichever thread runs it, so the bits never depend on the split.
  * first[n + 1] is scratch. */
 static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
-    /* units of two row groups (the last of a product may be one) */
+    /* units of unit_groups() row groups (the last of a product may have fewer) */
     first[0] = 0;
-    for (int j = 0; j < n; j++) first[j + 1] = first[j] + ((job[j].w->rows + QR - 1) / QR + 1) / 2;
+    for (int j = 0; j < n; j++) {
+        const size_t ug = unit_groups(&job[j]);
+        first[j + 1] = first[j] + ((job[j].w->rows + QR - 1) / QR + ug - 1) / ug;
+    }
     const size_t total = first[n];
     int many = 0; /* tokens: prefill, MTP verify */
     for (int j = 0; j < n; j++) many |= job[j].T > 1;
@@ -3013,7 +3034,11 @@ static float dot_f32(const float *a, const float *b, size_t n) {
 typedef float f32x16 __attribute__((vector_size(64)));
 /* an f32x16 read from any float address (no alignment asked, may alias floats) */
 typedef float f32x16_u __attribute__((vector_size(64), aligned(4), may_alias));
-#define f32x16_load(p) (*(const f32x16_u *)(p))
+#define f32x16_load(p) ((f32x16)*(const f32x16_u *)(p))
+/* 16 bfloat16 values from any address, widened to an f32x16 (the bits moved up 16) */
+typedef uint16_t u16x16_u __attribute__((vector_size(32), aligned(2), may_alias));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+#define bf16x16_load(p) ((f32x16)(__builtin_convertvector(*(const u16x16_u *)(p), u32x16) << 16))
 
 /* out[i] = dot_f32(w + i * ldw, x, n) for i < nr (at most 4): the rows' sums run side by
  * side (one sum waits on its adder at every step) and share the loads of x; each row's
@@ -3202,8 +3227,12 @@ struct dseek_session {
     int hid_end;              /* positions below this have their row (MTP models) */
     float *hchain;            /* hidden state fed to a chained MTP draft [D] */
     float *xcat;              /* MTP input [enorm(e), hnorm(h)] [B, 2D] */
-    float *cache;             /* latent cache [L + n_mtp][n_ctx][R + rope] (huge_zalloc) */
+    void *cache;              /* latent cache [L + n_mtp][n_ctx][R + rope] (huge_zalloc),
+                                 float32 or with cache_bf16 bfloat16 */
     size_t cache_bytes;
+    int cache_bf16;
+    float *cview;             /* a bfloat16 cache's layer in float32 for the matrix-product
+                                 paths of prompts [n_ctx][R + rope] (cache_f32) */
     float *rope_cs;           /* RoPE cosines and sines per position [n_ctx][rope] (rope_apply) */
     int rope_n;               /* positions below this have their row */
     dseek_profile prof;       /* time spent per part of the model, accumulated */
@@ -3276,32 +3305,34 @@ static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
 #define ATT_HEADS 8
 
 /* Absorbed MLA attention of NH heads of one token at position p over the latent cache
- * (positions 0..p): qc[NH][R + rope] holds each head's q_lat = W_UK^T q_nope and its q_pe
- * (roped here), and olat[NH][R] gets o_lat = sum_j softmax_j(scale * qc . c_j) c_j[:R]. The
- * heads share each pass over the cache and their dot products run side by side: one head's
- * 16-lane sum waits on its adder at every step, several fill the pipeline (decode
- * attention 3x faster). Each head's floats meet in dot_f32's order whatever NH is, so
- * the bits do not depend on how heads are grouped. sc: scratch [NH][p + 1]. */
-static inline __attribute__((always_inline)) void attend_latent_n(const dseek_session *s, const float *cache,
-                                                                  float *qc, const int NH, int p, float *sc,
-                                                                  float *olat) {
+ * (positions 0..p; float32 rows, or bfloat16 with BF): qc[NH][R + rope] holds each head's
+ * q_lat = W_UK^T q_nope and its q_pe (roped here), and olat[NH][R] gets o_lat = sum_j
+ * softmax_j(scale * qc . c_j) c_j[:R]. The heads share each pass over the cache and their
+ * dot products run side by side: one head's 16-lane sum waits on its adder at every step,
+ * several fill the pipeline (decode attention 3x faster). Each head's floats meet in
+ * dot_f32's order whatever NH is, so the bits do not depend on how heads are grouped.
+ * sc: scratch [NH][p + 1]. */
+#define CACHE_AT(cache, BF, k) ((BF) ? bf16_to_f32(((const uint16_t *)(cache))[k]) : ((const float *)(cache))[k])
+static inline __attribute__((always_inline)) void attend_latent_n(const dseek_session *s, const void *cache,
+                                                                  float *qc, const int NH, const int BF, int p,
+                                                                  float *sc, float *olat) {
     const dseek_model *m = s->m;
     const size_t R = (size_t)m->c.kv_lora_rank, rope = (size_t)m->c.qk_rope_head_dim, C = R + rope;
     const size_t n = (size_t)p + 1; /* causal: positions 0..p */
     for (int h = 0; h < NH; h++) rope_apply(qc + h * C + R, (int)rope, rope_at(s, p));
     for (size_t j = 0; j < n; j++) {
-        const float *cj = cache + j * C;
         f32x16 acc[ATT_HEADS];
         for (int h = 0; h < NH; h++) acc[h] = (f32x16){0};
         size_t i = 0;
         for (; i + 16 <= C; i += 16) {
-            const f32x16 cv = f32x16_load(cj + i);
+            const f32x16 cv = BF ? bf16x16_load((const uint16_t *)cache + j * C + i)
+                                 : f32x16_load((const float *)cache + j * C + i);
             for (int h = 0; h < NH; h++) acc[h] += f32x16_load(qc + h * C + i) * cv;
         }
         for (int h = 0; h < NH; h++) {
             float a[16];
             memcpy(a, &acc[h], sizeof a);
-            for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * cj[i + k];
+            for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * CACHE_AT(cache, BF, j * C + i + k);
             for (int w = 8; w >= 1; w /= 2)
                 for (int k = 0; k < w; k++) a[k] += a[k + w];
             sc[h * n + j] = a[0] * m->softmax_scale;
@@ -3314,33 +3345,55 @@ static inline __attribute__((always_inline)) void attend_latent_n(const dseek_se
         for (size_t j = 0; j < n; j++) sh[j] /= sum;
     }
     memset(olat, 0, (size_t)NH * R * sizeof(float));
-    for (size_t j = 0; j < n; j++) {
-        const float *cj = cache + j * C;
+    for (size_t j = 0; j < n; j++)
         for (int h = 0; h < NH; h++) {
             const float pj = sc[h * n + j];
             float *o = olat + h * R;
-            for (size_t r = 0; r < R; r++) o[r] += pj * cj[r];
+            for (size_t r = 0; r < R; r++) o[r] += pj * CACHE_AT(cache, BF, j * C + r);
         }
-    }
 }
 
 /* attend_latent_n for nh heads, in groups of ATT_HEADS, 4 and 1 (the kernel wants NH known
  * at compile time). */
-static void attend_latent(const dseek_session *s, const float *cache, float *qc, int nh, int p, float *sc,
+static void attend_latent(const dseek_session *s, const void *cache, float *qc, int nh, int p, float *sc,
                           float *olat) {
     const size_t R = (size_t)s->m->c.kv_lora_rank, C = R + (size_t)s->m->c.qk_rope_head_dim;
     for (int h = 0; h < nh;) {
         const int g = nh - h >= ATT_HEADS ? ATT_HEADS : nh - h >= 4 ? 4 : 1;
-        if (g == ATT_HEADS) attend_latent_n(s, cache, qc + h * C, ATT_HEADS, p, sc, olat + h * R);
-        else if (g == 4) attend_latent_n(s, cache, qc + h * C, 4, p, sc, olat + h * R);
-        else attend_latent_n(s, cache, qc + h * C, 1, p, sc, olat + h * R);
+        float *q = qc + h * C, *o = olat + h * R;
+        if (s->cache_bf16) {
+            if (g == ATT_HEADS) attend_latent_n(s, cache, q, ATT_HEADS, 1, p, sc, o);
+            else if (g == 4) attend_latent_n(s, cache, q, 4, 1, p, sc, o);
+            else attend_latent_n(s, cache, q, 1, 1, p, sc, o);
+        } else {
+            if (g == ATT_HEADS) attend_latent_n(s, cache, q, ATT_HEADS, 0, p, sc, o);
+            else if (g == 4) attend_latent_n(s, cache, q, 4, 0, p, sc, o);
+            else attend_latent_n(s, cache, q, 1, 0, p, sc, o);
+        }
         h += g;
     }
 }
 
+/* Layer li's rows of the latent cache. */
+static void *cache_layer(const dseek_session *s, int li) {
+    const size_t C = (size_t)(s->m->c.kv_lora_rank + s->m->c.qk_rope_head_dim);
+    return (uint8_t *)s->cache + (size_t)li * (size_t)s->n_ctx * C * (s->cache_bf16 ? 2 : 4);
+}
+
+/* Positions 0..n-1 of a layer's cache rows as float32, for the matrix-product paths of
+ * prompts: the rows themselves, or those of a bfloat16 cache widened into s->cview. */
+static const float *cache_f32(dseek_session *s, const void *cache, int n) {
+    if (!s->cache_bf16) return cache;
+    const size_t k = (size_t)n * (size_t)(s->m->c.kv_lora_rank + s->m->c.qk_rope_head_dim);
+    const uint16_t *h = cache;
+#pragma omp parallel for schedule(static) if (k >= (1 << 16))
+    for (size_t i = 0; i < k; i++) s->cview[i] = bf16_to_f32(h[i]);
+    return s->cview;
+}
+
 /* Absorbed attention of token t (at position pos + t) and head h over the latent cache
  * (SPEC "MLA attention"); wuk is the head's kv_b rows in float32, W_UK[h] then W_UV[h]. */
-static void attend_head(dseek_session *s, const float *cache, const float *wuk, int t, int h, int pos) {
+static void attend_head(dseek_session *s, const void *cache, const float *wuk, int t, int h, int pos) {
     const dseek_model *m = s->m;
     const Config *c = &m->c;
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
@@ -3418,7 +3471,7 @@ static void attend_all_sgemm(dseek_session *s, const float *cache, int T, int po
  * against their kb_t rows in one parallel region, the scores and o_lat of every (token,
  * head) in a second, o_lat against the W_UV rows of kv_b in a third. Each token's result is
  * the same whatever the number of tokens in the step. */
-static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, int T, int pos) {
+static void mla_heads_q(dseek_session *s, const Layer *ly, const void *cache, int T, int pos) {
     const dseek_model *m = s->m;
     const Config *c = &m->c;
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
@@ -3437,7 +3490,7 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const float *cache, i
         s->hjobs[h] = (QJob){&s->hw[h], a, T, s->lat + h * R, H * R};
     }
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
-    if (T >= SGEMM_MIN_TOKENS) attend_all_sgemm(s, cache, T, pos);
+    if (T >= SGEMM_MIN_TOKENS) attend_all_sgemm(s, cache_f32(s, cache, pos + T), T, pos);
     else {
         /* (token, group of heads) in parallel: groups of up to ATT_HEADS heads, smaller
          * when there would be fewer groups than threads */
@@ -3558,7 +3611,7 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
     const size_t C = R + rope;
-    float *cache = s->cache + (size_t)li * (size_t)s->n_ctx * C;
+    void *cache = cache_layer(s, li);
 
     /* queries: q_proj, or q_b(RMSNorm(q_a(x))) */
     /* (q_a or q_proj and kv_a read the same input: one pass when quantized) */
@@ -3571,10 +3624,12 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
 
     /* latent c = RMSNorm(kv[:R]) and rope key RoPE(kv[R:]) go to the cache */
     for (int t = 0; t < T; t++) {
-        float *row = cache + (size_t)(pos + t) * C;
-        rmsnorm(row, s->kv + t * C, ly->kv_a_norm, R, c->rms_norm_eps);
-        memcpy(row + R, s->kv + t * C + R, rope * sizeof(float));
-        rope_apply(row + R, (int)rope, rope_at(s, pos + t));
+        float *kv = s->kv + (size_t)t * C;
+        rmsnorm(kv, kv, ly->kv_a_norm, R, c->rms_norm_eps);
+        rope_apply(kv + R, (int)rope, rope_at(s, pos + t));
+        if (s->cache_bf16)
+            for (size_t i = 0; i < C; i++) ((uint16_t *)cache)[(size_t)(pos + t) * C + i] = f32_to_bf16(kv[i]);
+        else memcpy((float *)cache + (size_t)(pos + t) * C, kv, C * sizeof(float));
     }
 
     /* kv_b_proj in float32: W_UK[h] is rows h*(nope+v).. of it, W_UV[h] the next v rows.
@@ -3585,7 +3640,7 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
      * floats meet in the same order either way, so both give the same bits. */
     const size_t hrows = nope + vd;
     const int per_head = T < SGEMM_MIN_TOKENS && (!is_quant(ly->kv_b.dtype) || hrows % QR == 0);
-    if (ly->kb_t.data && T >= PLAIN_MIN_TOKENS) attend_plain_q(s, ly, cache, T, pos);
+    if (ly->kb_t.data && T >= PLAIN_MIN_TOKENS) attend_plain_q(s, ly, cache_f32(s, cache, pos + T), T, pos);
     else if (ly->kb_t.data) mla_heads_q(s, ly, cache, T, pos);
     else if (T >= SGEMM_MIN_TOKENS) {
         /* many tokens: per head, q_lat = q_nope W_UK[h], the attention, and o_lat W_UV[h]^T
@@ -3596,7 +3651,7 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
         for (size_t h = 0; h < H; h++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, (int)R, (int)nope, 1.0f, s->q + h * qd,
                         (int)(H * qd), s->kvb + h * hrows * R, (int)R, 0.0f, s->lat + h * R, (int)(H * R));
-        attend_all_sgemm(s, cache, T, pos);
+        attend_all_sgemm(s, cache_f32(s, cache, pos + T), T, pos);
 #pragma omp parallel for schedule(static)
         for (size_t h = 0; h < H; h++)
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, (int)vd, (int)R, 1.0f, s->lat + h * R, (int)(H * R),
@@ -4000,7 +4055,7 @@ int dseek_mtp_forward(dseek_session *s, const int *next_tokens, int n, int pos, 
 void dseek_session_free(dseek_session *s) {
     if (!s) return;
     float **bufs[] = {&s->sc.rowbuf, &s->sc.wbuf, &s->x, &s->xn, &s->y, &s->qa, &s->q, &s->kv, &s->heads,
-                      &s->kvb, &s->kvbh, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->rope_cs};
+                      &s->kvb, &s->kvbh, &s->att, &s->gate, &s->up, &s->rlogits, &s->topw, &s->xe, &s->ye, &s->hid, &s->hchain, &s->xcat, &s->rope_cs, &s->cview};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(*bufs[i]);
     if (s->cache) munmap(s->cache, s->cache_bytes);
     free(s->topk);
@@ -4047,8 +4102,23 @@ void dseek_session_log_routing(dseek_session *s, int *buf, int n_pos) {
 }
 int dseek_session_ctx(const dseek_session *s) { return s->n_ctx; }
 
+size_t dseek_session_cache_bytes_per_token(const dseek_session *s) {
+    const Config *c = &s->m->c;
+    return (size_t)(c->num_hidden_layers + s->m->info.n_mtp) * (size_t)(c->kv_lora_rank + c->qk_rope_head_dim) *
+           (s->cache_bf16 ? 2 : 4);
+}
+
 int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_session **out, char *err, size_t errlen) {
+    return dseek_session_new_cache(m, n_ctx, n_batch, DSEEK_CACHE_F32, out, err, errlen);
+}
+
+int dseek_session_new_cache(const dseek_model *m, int n_ctx, int n_batch, dseek_cache_type cache_type,
+                            dseek_session **out, char *err, size_t errlen) {
     *out = NULL;
+    if (cache_type != DSEEK_CACHE_F32 && cache_type != DSEEK_CACHE_BF16) {
+        seterr(err, errlen, "unknown cache type %d (float32 or bfloat16)", (int)cache_type);
+        return DSEEK_EARG;
+    }
     const Config *c = &m->c;
     if (n_ctx < 1 || n_batch < 1) { seterr(err, errlen, "context and batch must be at least 1"); return DSEEK_EARG; }
     if (n_batch > n_ctx) n_batch = n_ctx;
@@ -4136,14 +4206,16 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
     s->hid = xcalloc((s->hid_by_pos ? (size_t)n_ctx : B) * D, sizeof(float));
     s->hchain = xcalloc(D, sizeof(float));
     s->xcat = xcalloc(B * 2 * D, sizeof(float));
-    s->cache_bytes = nl * (size_t)n_ctx * (R + rope) * sizeof(float);
+    s->cache_bf16 = cache_type == DSEEK_CACHE_BF16;
+    s->cache_bytes = nl * (size_t)n_ctx * (R + rope) * (s->cache_bf16 ? 2 : 4);
     s->cache = huge_zalloc(&s->cache_bytes);
+    s->cview = s->cache_bf16 ? xcalloc((size_t)n_ctx * (R + rope), sizeof(float)) : NULL;
     s->rope_cs = xcalloc((size_t)n_ctx * rope, sizeof(float));
     if (!s->sc.rowbuf || !s->sc.wbuf || !s->sc.qa.q || !s->sc.qa.d || !s->sc.qa.s || !s->qx.q || !s->qx.d ||
         !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->hjob || !s->tcount || !s->trows || !s->jmlp ||
         !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         (!all_kbt && (!s->kvb || !s->kvbh)) || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
-        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache || !s->rope_cs ||
+        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache || !s->rope_cs || (s->cache_bf16 && !s->cview) ||
         !s->lat || !s->qblk || !s->scores || (kbt && (!s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst || !s->qlc.q || !s->qlc.d ||
                  !s->qlc.s || !s->pbuf))) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);

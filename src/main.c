@@ -61,6 +61,7 @@ typedef struct {
     int no_adapt;             /* --no-adaptive */
     int batch;                /* -b: most tokens per forward step */
     int n_prompt;             /* bench -p */
+    int depth;                /* bench -d: tokens already in the context when decoding starts */
     int reps;                 /* bench -r */
     int json;                 /* bench --json */
     const char *prompt;       /* -p TEXT */
@@ -73,6 +74,7 @@ typedef struct {
     int check_tensors;        /* --check-tensors: scan every weight for NaN/Inf at load */
     int quant;                /* --quant TYPE (quantize at load), quantize --type TYPE: DSEEK_QUANT_* */
     int load, mlock;          /* --no-mmap / --mmap / --lazy-mmap (DSEEK_LOAD_*), --mlock */
+    int cache_type;           /* --cache-type f32 | bf16 (dseek_cache_type) */
     dseek_sampler_cfg samp;
 } Args;
 
@@ -95,6 +97,14 @@ static float parse_float(const char *flag, const char *v, float lo, float hi) {
     return x;
 }
 
+static int parse_cache_type(const char *flag, const char *v) {
+    if (!v) die("%s: missing value", flag);
+    if (!strcmp(v, "f32")) return DSEEK_CACHE_F32;
+    if (!strcmp(v, "bf16")) return DSEEK_CACHE_BF16;
+    fprintf(stderr, "dseek: %s: unknown cache type \"%s\" (f32 or bf16)\n", flag, v);
+    exit(2);
+}
+
 static int parse_quant(const char *flag, const char *v) {
     if (!v) die("%s: missing value", flag);
     int q = dseek_quant_parse(v);
@@ -115,9 +125,9 @@ static void usage(const char *cmd) {
                 "  --quant q8_0|q4_0|q4_k to quantize a plain checkpoint in memory while loading it\n");
     if (!cmd || !strcmp(cmd, "bench"))
         fprintf(stderr,
-                "usage: dseek bench -m DIR [-p 512] [-n 128] [-r 3] [-t THREADS] [--json] [--no-mtp] [--quant q8_0|q4_0|q4_k]\n"
-                "                   [--check-tensors]\n"
-                "  prefill of p random tokens and decode of n tokens, repeated r times: tokens/s (mean +- sd),\n"
+                "usage: dseek bench -m DIR [-p 512] [-n 128] [-d 0] [-r 3] [-t THREADS] [--json] [--no-mtp] [--quant q8_0|q4_0|q4_k]\n"
+                "                   [--check-tensors] [--cache-type f32|bf16]\n"
+                "  prefill of p random tokens and decode of n tokens (after d tokens of context), repeated r times: tokens/s (mean +- sd),\n"
                 "  model bytes, bytes read per decoded token, latent-cache bytes per token, resident memory,\n"
                 "  and decode speed against the memory-bandwidth roofline measured in the same run;\n"
                 "  models with an MTP layer are also decoded with speculative decoding\n");
@@ -158,7 +168,9 @@ static void usage(const char *cmd) {
                         "  memory available with room to spare, else mmapped and read in whole at start;\n"
                         "  --no-mmap always copies, --mmap always maps (read in whole at start), --lazy-mmap\n"
                         "  maps and reads pages on first use (fast start, slow first tokens);\n"
-                        "  --mlock keeps them from being swapped out\n");
+                        "  --mlock keeps them from being swapped out\n"
+                        "  --cache-type f32|bf16: the latent cache in float32 (default) or bfloat16 (half the\n"
+                        "  memory and half the cache reads of a long context; logits move by about 1e-2)\n");
 }
 
 static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
@@ -186,6 +198,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--seed")) { a->samp.seed = (uint64_t)parse_long(f, v, 0, 0x7fffffffffffffffL); i++; }
         else if (!strcmp(f, "--ids")) a->ids = 1;
         else if (!strcmp(f, "-p") && !strcmp(cmd, "bench")) { a->n_prompt = (int)parse_long(f, v, 0, 1 << 20); i++; }
+        else if (!strcmp(f, "-d") && !strcmp(cmd, "bench")) { a->depth = (int)parse_long(f, v, 0, 1 << 20); i++; }
         else if (!strcmp(f, "-p") || !strcmp(f, "--prompt")) a->prompt = VAL;
         else if (!strcmp(f, "-f") || !strcmp(f, "--file")) a->file = VAL;
         else if (!strcmp(f, "--system")) a->system = VAL;
@@ -206,6 +219,7 @@ static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
         else if (!strcmp(f, "--lazy-mmap") && runs_model) a->load = DSEEK_LOAD_LAZY;
         else if (!strcmp(f, "--mmap") && runs_model) a->load = DSEEK_LOAD_POPULATE;
         else if (!strcmp(f, "--mlock") && runs_model) a->mlock = 1;
+        else if (!strcmp(f, "--cache-type") && runs_model) { a->cache_type = parse_cache_type(f, v); i++; }
         else if (!strcmp(f, "--type") && !strcmp(cmd, "quantize")) { a->quant = parse_quant(f, v); i++; }
         else die_cmd("dseek %s: unknown option \"%s\" (see dseek %s --help)", cmd, f, cmd);
 #undef VAL
@@ -248,10 +262,10 @@ static dseek_model *open_model(const Args *a) {
     return m;
 }
 
-static dseek_session *open_session(const dseek_model *m, int ctx, int batch) {
+static dseek_session *open_session(const dseek_model *m, int ctx, int batch, int cache_type) {
     char err[1024];
     dseek_session *s;
-    if (dseek_session_new(m, ctx, batch, &s, err, sizeof err)) {
+    if (dseek_session_new_cache(m, ctx, batch, (dseek_cache_type)cache_type, &s, err, sizeof err)) {
         fprintf(stderr, "dseek: %s\n", err);
         exit(2);
     }
@@ -310,7 +324,7 @@ static int cmd_logits(int argc, char **argv) {
     dseek_model *m = open_model(&a);
     int V = dseek_model_info(m)->vocab_size;
     int step = a.decode ? 1 : a.chunk ? a.chunk : T;
-    dseek_session *s = open_session(m, a.ctx ? a.ctx : T, step);
+    dseek_session *s = open_session(m, a.ctx ? a.ctx : T, step, a.cache_type);
     float *logits = malloc((size_t)T * (size_t)V * sizeof(float));
     float *mtp = a.mtp ? malloc((size_t)T * (size_t)V * sizeof(float)) : NULL;
     int *next = malloc((size_t)T * sizeof(int));
@@ -535,7 +549,7 @@ static int cmd_run(int argc, char **argv) {
     int *ids = prompt_ids(&a, tok, &T);
     int ctx = a.ctx ? a.ctx : T + a.n_predict + 1;
     if (ctx > info->max_position && !a.ctx) ctx = T + a.n_predict + 1; /* the user asked for this much */
-    dseek_session *s = open_session(m, ctx, a.batch ? a.batch : T < 512 ? T : 512);
+    dseek_session *s = open_session(m, ctx, a.batch ? a.batch : T < 512 ? T : 512, a.cache_type);
     dseek_gen_cfg gc = {.mtp = !a.no_mtp, .n_draft = a.n_draft ? a.n_draft : 1, .adaptive = !a.no_adapt};
     dseek_gen *g;
     if (dseek_gen_new(s, &a.samp, &gc, &g)) die("%s", "out of memory");
@@ -602,7 +616,7 @@ static int cmd_chat(int argc, char **argv) {
     if (dseek_chat_family_of(tok) == DSEEK_CHAT_NONE)
         fprintf(stderr, "dseek: %s has no chat template: each line is completed as plain text\n", a.model);
     int ctx = a.ctx ? a.ctx : info->max_position < 4096 ? info->max_position : 4096;
-    dseek_session *s = open_session(m, ctx, 512 < ctx ? 512 : ctx);
+    dseek_session *s = open_session(m, ctx, 512 < ctx ? 512 : ctx, a.cache_type);
     dseek_gen_cfg gc = {.mtp = !a.no_mtp, .n_draft = a.n_draft ? a.n_draft : 1, .adaptive = !a.no_adapt};
     dseek_gen *g;
     if (dseek_gen_new(s, &a.samp, &gc, &g)) die("%s", "out of memory");
@@ -714,14 +728,16 @@ static dseek_profile prof_delta(dseek_profile a, dseek_profile b) {
 }
 
 /* Decodes n tokens after bos; returns tokens/s over the steps and fills st. */
-static double bench_decode(dseek_session *s, const dseek_info *info, int n, int mtp, dseek_gen_stats *st,
-                           dseek_profile *prof) {
+/* Decodes n tokens greedily after a context of `depth` tokens (tok[0..depth), untimed; none:
+ * the BOS token alone) and returns the decoded tokens per second. */
+static double bench_decode(dseek_session *s, const dseek_info *info, const int *tok, int depth, int n, int mtp,
+                           dseek_gen_stats *st, dseek_profile *prof) {
     dseek_sampler_cfg sc = {.temperature = 0, .top_p = 1};
     dseek_gen_cfg gc = {.mtp = mtp, .n_draft = 1, .adaptive = 1};
     dseek_gen *g;
     if (dseek_gen_new(s, &sc, &gc, &g)) die("%s", "out of memory");
     int bos = info->bos_token_id < info->vocab_size ? info->bos_token_id : 0, first, out[16], k, got = 1;
-    check(s, dseek_gen_feed(g, &bos, 1, &first));
+    check(s, depth > 0 ? dseek_gen_feed(g, tok, depth, &first) : dseek_gen_feed(g, &bos, 1, &first));
     dseek_profile p0;
     dseek_session_profile(s, &p0);
     double t0 = now_s();
@@ -807,7 +823,7 @@ static void bench_mtp_cost(dseek_session *s, const dseek_info *info, const dseek
 static int cmd_bench(int argc, char **argv) {
     Args a;
     parse_args(argc, argv, &a, "bench");
-    int P = a.n_prompt, N = a.n_predict, R = a.reps ? a.reps : 3;
+    int P = a.n_prompt, N = a.n_predict, R = a.reps ? a.reps : 3, D = a.depth;
     int explicit_p = 0, explicit_n = 0;
     for (int i = 2; i < argc; i++) {
         explicit_p |= !strcmp(argv[i], "-p");
@@ -817,11 +833,11 @@ static int cmd_bench(int argc, char **argv) {
     if (!explicit_n) N = 128;
     dseek_model *m = open_model(&a);
     const dseek_info *info = dseek_model_info(m);
-    int need = P > N + 2 ? P : N + 2;
-    dseek_session *s = open_session(m, a.ctx ? a.ctx : (need > 32 ? need : 32) + 16, P > 512 ? 512 : P > 24 ? P : 24);
-    int *tok = malloc((size_t)(P > 0 ? P : 1) * sizeof(int));
+    int need = P > D + N + 2 ? P : D + N + 2, nt = P > D ? P : D;
+    dseek_session *s = open_session(m, a.ctx ? a.ctx : (need > 32 ? need : 32) + 16, nt > 512 ? 512 : nt > 24 ? nt : 24, a.cache_type);
+    int *tok = malloc((size_t)(nt > 0 ? nt : 1) * sizeof(int));
     uint64_t r = 42;
-    for (int i = 0; i < P; i++) {
+    for (int i = 0; i < nt; i++) {
         r = r * 6364136223846793005ull + 1442695040888963407ull;
         tok[i] = i == 0 ? info->bos_token_id % info->vocab_size : (int)((r >> 33) % (uint64_t)info->vocab_size);
     }
@@ -835,7 +851,7 @@ static int cmd_bench(int argc, char **argv) {
     if (P > 0) check(s, dseek_forward(s, tok, P, 0, NULL, 0));
     if (N > 1) {
         dseek_profile p;
-        bench_decode(s, info, N < 8 ? N : 8, 0, &st, &p);
+        bench_decode(s, info, tok, D, N < 8 ? N : 8, 0, &st, &p);
     }
     for (int rep = 0; rep < R; rep++) {
         if (P > 0) {
@@ -850,10 +866,10 @@ static int cmd_bench(int argc, char **argv) {
         }
         if (N > 1) {
             dseek_profile p;
-            tg[rep] = bench_decode(s, info, N, 0, &st, &p);
+            tg[rep] = bench_decode(s, info, tok, D, N, 0, &st, &p);
             double tt = (N - 1) / tg[rep]; /* seconds of this decode */
             if (rep == 0 || tt < best_t) { best_t = tt; dprof = p; }
-            if (mtp) tgm[rep] = bench_decode(s, info, N, 1, &stm, &p);
+            if (mtp) tgm[rep] = bench_decode(s, info, tok, D, N, 1, &stm, &p);
         }
     }
     double ppm, pps, tgmn, tgs, tmm, tms;
@@ -867,11 +883,11 @@ static int cmd_bench(int argc, char **argv) {
     if (a.json) {
         printf("{\"model\": \"%s\", \"params\": %zu, \"model_bytes\": %zu, \"decode_bytes_per_token\": %zu, "
                "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.2f, \"peak_rss_mib\": %.1f, \"weights_in\": \"%s\"}\n",
-               a.model, info->n_params, info->weight_bytes, info->decode_bytes_per_token, info->cache_bytes_per_token,
+               a.model, info->n_params, info->weight_bytes, info->decode_bytes_per_token, dseek_session_cache_bytes_per_token(s),
                bw / 1e9, rss / 1024.0, info->weights_in);
         if (P > 0) printf("{\"test\": \"pp%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d}\n", P, ppm, pps, R);
-        if (N > 1) printf("{\"test\": \"tg%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"roofline_tokens_per_s\": %.3f, \"roofline_pct\": %.1f}\n",
-                          N, tgmn, tgs, R, roof, roof > 0 ? 100 * tgmn / roof : 0);
+        if (N > 1) printf("{\"test\": \"tg%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"depth\": %d, \"roofline_tokens_per_s\": %.3f, \"roofline_pct\": %.1f}\n",
+                          N, tgmn, tgs, R, D, roof, roof > 0 ? 100 * tgmn / roof : 0);
         if (P > 0)
             printf("{\"test\": \"pp%d_parts\", \"ms\": %.3f, \"attention_ms\": %.3f, \"dense_mlp_ms\": %.3f, "
                    "\"moe_ms\": %.3f, \"experts_per_moe_layer\": %.2f}\n",
@@ -890,14 +906,19 @@ static int cmd_bench(int argc, char **argv) {
                    stm.main_forwards ? (double)(stm.tokens - 1) / stm.main_forwards : 0,
                    stm.t_plain > 0 ? stm.t_verify / stm.t_plain : 0, stm.t_plain > 0 ? stm.t_draft / stm.t_plain : 0);
     } else {
-        printf("model: %s\n  %.3f B params, %.2f GiB of weights, decode reads %.3f GiB/token, latent cache %.1f KiB/token\n",
+        printf("model: %s\n  %.3f B params, %.2f GiB of weights, decode reads %.3f GiB/token, latent cache %.1f KiB/token (%s)\n",
                a.model, info->n_params / 1e9, info->weight_bytes / 1073741824.0,
-               info->decode_bytes_per_token / 1073741824.0, info->cache_bytes_per_token / 1024.0);
+               info->decode_bytes_per_token / 1073741824.0, dseek_session_cache_bytes_per_token(s) / 1024.0,
+               a.cache_type == DSEEK_CACHE_BF16 ? "bf16" : "f32");
         printf("  weights in %s; memory read bandwidth (measured now): %.1f GB/s; peak resident memory %.1f MiB\n",
                info->weights_in, bw / 1e9, rss / 1024.0);
         if (P > 0) printf("pp%-5d %9.2f +- %.2f tok/s   (%d reps)\n", P, ppm, pps, R);
-        if (N > 1) printf("tg%-5d %9.2f +- %.2f tok/s   (%.0f%% of the %.2f tok/s bandwidth roofline)\n", N, tgmn, tgs,
-                          roof > 0 ? 100 * tgmn / roof : 0, roof);
+        if (N > 1) {
+            char label[48]; /* tg128, or tg128 @ d4096 after a context of 4096 tokens */
+            snprintf(label, sizeof label, D > 0 ? "tg%d @ d%d" : "tg%d", N, D);
+            printf("%-7s %9.2f +- %.2f tok/s   (%.0f%% of the %.2f tok/s bandwidth roofline)\n", label, tgmn, tgs,
+                   roof > 0 ? 100 * tgmn / roof : 0, roof);
+        }
         if (P > 0)
             printf("          %.1f ms per prefill: attention %.1f, dense MLP %.1f, MoE %.1f (%.1f experts per layer)\n",
                    1e3 * best_pt, 1e3 * pprof.attention, 1e3 * pprof.dense_mlp, 1e3 * pprof.moe,

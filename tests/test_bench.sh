@@ -14,6 +14,9 @@ make -s dseek tools/gen_ckpt || exit 1
 for f in --mmap --lazy-mmap --no-mmap; do
   ./dseek bench -m "$tmp/m" -p 4 -n 2 -r 1 --no-mtp --json $f 2>/dev/null | head -1 >"$tmp/load$f.json"
 done
+# the cache type: bf16 halves the latent cache per token; an unknown type is a one-line error
+./dseek bench -m "$tmp/m" -p 4 -n 2 -r 1 --no-mtp --json --cache-type bf16 2>/dev/null | head -1 >"$tmp/bf16.json"
+./dseek bench -m "$tmp/m" -p 4 -n 2 -r 1 --cache-type f16 >/dev/null 2>"$tmp/ct.err"; echo $? >"$tmp/ct.rc"
 /usr/bin/python3 - "$tmp/m" "$tmp/out.json" "$tmp/out.txt" "$tmp" <<'PYEOF'
 import json, struct, sys
 d, out, txt, tmp = sys.argv[1:]
@@ -37,6 +40,14 @@ check(info["weights_in"] == "huge-page memory" and loads == {"--mmap": "mmap", "
       f"weights in: default {info['weights_in']!r}, {loads}")
 check(tests["mtp_cost"]["verify_over_forward"] > 0 and tests["mtp_cost"]["experts_per_moe_layer_1tok"] == 4,
       f"mtp cost: {tests['mtp_cost']['experts_per_moe_layer_1tok']} experts per MoE layer for 1 token (k=4)")
+c = json.load(open(d + "/config.json"))
+per_tok = (c["num_hidden_layers"] + c.get("num_nextn_predict_layers", 0)) * (c["kv_lora_rank"] + c["qk_rope_head_dim"])
+bf = json.load(open(f"{tmp}/bf16.json"))
+check(info["cache_bytes_per_token"] == 4 * per_tok and bf["cache_bytes_per_token"] == 2 * per_tok,
+      f"latent cache per token: f32 {info['cache_bytes_per_token']}, bf16 {bf['cache_bytes_per_token']} (rows of {per_tok} numbers)")
+err = open(f"{tmp}/ct.err").read().strip()
+check(open(f"{tmp}/ct.rc").read().strip() == "2" and err.count("\n") == 0 and "--cache-type" in err and "f16" in err,
+      f"--cache-type f16: exit 2, one line naming the flag: {err!r}")
 b = open(d + "/model.safetensors", "rb").read()
 n = struct.unpack("<Q", b[:8])[0]
 h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)

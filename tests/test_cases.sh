@@ -63,6 +63,22 @@ PYEOF
        cmp -s "$tmp/$name.load.npy" "$tmp/$name.prefill.2.npy"; then ok "$name $load: same logits as the default load"
     else bad "$name $load: $(cat "$tmp/err") (logits differ or failed)"; fi
   done
+  # a bfloat16 latent cache: every path (prefill, decode, chunks, the MTP head) within 2e-2
+  # of the reference with the same argmax, and not the float32 cache's bits
+  for mode in prefill decode chunk5 mtp; do
+    case $mode in
+      prefill) flags=""; ref=logits_prefill.npy; f32="$tmp/$name.prefill.2.npy";;
+      decode) flags="--decode"; ref=logits_decode.npy; f32="$tmp/$name.decode.2.npy";;
+      chunk5) flags="--chunk 5"; ref=logits_prefill.npy; f32="$tmp/$name.chunk5.2.npy";;
+      mtp) [ -f "$dir/ref/mtp_logits.npy" ] || continue
+           flags="--mtp --decode"; ref=mtp_logits_decode.npy; f32="$tmp/$name.mtp.decode.2.npy";;
+    esac
+    out="$tmp/$name.bf16.$mode.npy"
+    if ./dseek logits -m "$dir" --tokens "$TOK" -o "$out" -t 2 $flags --cache-type bf16 2>"$tmp/err"; then
+      if cmp -s "$out" "$f32"; then bad "$name bf16 cache $mode: same bits as the float32 cache"
+      elif r=$($PY tools/npcmp.py "$out" "$dir/ref/$ref" --tol 2e-2 --label "$name bf16 cache $mode"); then ok "$r"; else bad "$r"; fi
+    else bad "$name bf16 cache $mode: $(cat "$tmp/err")"; fi
+  done
 done
 [ $ncase -gt 0 ] || bad "no case with a manifest.json in $CASES"
 finish test_cases

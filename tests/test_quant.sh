@@ -289,6 +289,28 @@ sys.exit(0 if ea <= 1.15 * eb and ta >= tb - 0.03 and d <= 0.5 else 1)
 PYEOF
     ); then ok "$t: $what vs one at a time: $r"; else bad "$t: $what vs decode: $r"; fi
   done
+  # a bfloat16 latent cache (--cache-type bf16): one token at a time and one prefill (its
+  # float32 view of the cache) about as accurate against float32 as the float32 cache, and
+  # not the same bits (the flag takes effect); chunks of 8 = one at a time still
+  if [ $t = q8_0 ]; then
+    ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/bd.npy" --decode --cache-type bf16 2>/dev/null
+    ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/bc8.npy" --chunk 8 --cache-type bf16 2>/dev/null
+    ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/bpf.npy" --cache-type bf16 2>/dev/null
+    cmp -s "$tmp/bc8.npy" "$tmp/bd.npy" && ! cmp -s "$tmp/bd.npy" "$tmp/k_best.npy" \
+      && ok "$t: bf16 cache: chunks of 8 = one at a time (bit for bit), and not the float32 cache's bits" \
+      || bad "$t: bf16 cache: chunks of 8 differ from decode, or the cache type changed nothing"
+    for pf in bd bpf; do
+      if r=$($PY - "$tmp/$pf.npy" "$tmp/k_best.npy" "$tmp/v3.f.npy" <<'PYEOF'
+import sys, numpy as np
+a, b, f = (np.load(x).astype(np.float64) for x in sys.argv[1:4])
+ea, eb = np.abs(a - f).mean(), np.abs(b - f).mean()
+ta, tb = (a.argmax(1) == f.argmax(1)).mean(), (b.argmax(1) == f.argmax(1)).mean()
+print(f"vs float32: mean|d| {ea:.4f} <= 1.15 x {eb:.4f} (float32 cache), top-1 {ta:.3f} >= {tb:.3f} - 0.03")
+sys.exit(0 if ea <= 1.15 * eb and ta >= tb - 0.03 else 1)
+PYEOF
+      ); then ok "$t: bf16 cache, $pf: $r"; else bad "$t: bf16 cache, $pf: $r"; fi
+    done
+  fi
   a=$(./dseek run -m "$tmp/v3_$t" --tokens "$PROMPT" -n 24 --temp 0 --ids --no-mtp 2>/dev/null)
   b=$(./dseek run -m "$tmp/v3_$t" --tokens "$PROMPT" -n 24 --temp 0 --ids --no-adaptive 2>/dev/null)
   [ -n "$a" ] && [ "$a" = "$b" ] && ok "$t: greedy ids identical with MTP drafting every step and without" || bad "$t: MTP changes greedy ids: '$a' vs '$b'"
