@@ -3192,6 +3192,8 @@ struct dseek_session {
     float *kvbh;              /* per thread: one head's rows of it [nope+v, R] */
     /* the int8 attention path (layers with kb_t) */
     float *lat;               /* [B, H, R] q_lat of each token and head, then its o_lat */
+    float *qtok;              /* [H, R + rope] one token's q_lat and roped q_pe (attend_blocks) */
+    float *part;              /* [H, KEY_BLOCKS_MAX, R + 2] per block of keys: max, sum, o_lat */
     float *qblk;              /* per thread [ATT_BLOCK, R + rope]: queries of a block (attend_all_sgemm) */
     float *scores;            /* per thread [ATT_BLOCK, n_ctx]: their scores */
     QAct qlat;                /* per head, T rows: q_nope, then o_lat [H * B, R rounded up to 32] */
@@ -3374,6 +3376,126 @@ static void attend_latent(const dseek_session *s, const void *cache, float *qc, 
     }
 }
 
+/* Attention of a decoded token over a long context reads the layer's latent cache once per
+ * group of heads and keeps the work in cache: the positions are cut into blocks (at most
+ * KEY_BLOCKS_MAX, of at least 256 positions), every (block, group of heads) runs on its
+ * own, and the blocks' partial softmaxes are merged per head in block order. The blocks
+ * depend only on the position, so a token's bits do not depend on the threads or on the
+ * other tokens of its step. */
+#define KEY_BLOCKS_MAX 32
+static size_t key_block(size_t n) {
+    const size_t kb = round_up((n + KEY_BLOCKS_MAX - 1) / KEY_BLOCKS_MAX, 16);
+    return kb < 256 ? 256 : kb;
+}
+
+/* NH heads (qc[NH][R + rope], q_pe roped) over cache positions [j0, j1): part[h] gets the
+ * scores' max m, the sum l of exp(score - m) and o[R] = sum exp(score - m) c_j[:R].
+ * sc: scratch [NH][j1 - j0]. Each score is dot_f32's sum, as in attend_latent_n. */
+static inline __attribute__((always_inline)) void attend_part_n(const dseek_session *s, const void *cache,
+                                                                const float *qc, const int NH, const int BF,
+                                                                size_t j0, size_t j1, float *sc, float *part) {
+    const dseek_model *m = s->m;
+    const size_t R = (size_t)m->c.kv_lora_rank, C = R + (size_t)m->c.qk_rope_head_dim, n = j1 - j0;
+    for (size_t j = j0; j < j1; j++) {
+        f32x16 acc[ATT_HEADS];
+        for (int h = 0; h < NH; h++) acc[h] = (f32x16){0};
+        size_t i = 0;
+        for (; i + 16 <= C; i += 16) {
+            const f32x16 cv = BF ? bf16x16_load((const uint16_t *)cache + j * C + i)
+                                 : f32x16_load((const float *)cache + j * C + i);
+            for (int h = 0; h < NH; h++) acc[h] += f32x16_load(qc + h * C + i) * cv;
+        }
+        for (int h = 0; h < NH; h++) {
+            float a[16];
+            memcpy(a, &acc[h], sizeof a);
+            for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * CACHE_AT(cache, BF, j * C + i + k);
+            for (int w = 8; w >= 1; w /= 2)
+                for (int k = 0; k < w; k++) a[k] += a[k + w];
+            sc[h * n + j - j0] = a[0] * m->softmax_scale;
+        }
+    }
+    for (int h = 0; h < NH; h++) {
+        float *sh = sc + h * n, mx = -INFINITY, sum = 0;
+        for (size_t j = 0; j < n; j++) mx = sh[j] > mx ? sh[j] : mx;
+        for (size_t j = 0; j < n; j++) { sh[j] = expf(sh[j] - mx); sum += sh[j]; }
+        part[h * (R + 2)] = mx;
+        part[h * (R + 2) + 1] = sum;
+        memset(part + h * (R + 2) + 2, 0, R * sizeof(float));
+    }
+    for (size_t j = j0; j < j1; j++)
+        for (int h = 0; h < NH; h++) {
+            const float e = sc[h * n + j - j0];
+            float *o = part + h * (R + 2) + 2;
+            for (size_t r = 0; r < R; r++) o[r] += e * CACHE_AT(cache, BF, j * C + r);
+        }
+}
+
+/* attend_part_n for nh heads (their parts R + 2 floats apart), in groups of ATT_HEADS, 4
+ * and 1. */
+static void attend_part(const dseek_session *s, const void *cache, const float *qc, int nh, size_t j0, size_t j1,
+                        float *sc, float *part) {
+    const size_t R = (size_t)s->m->c.kv_lora_rank, C = R + (size_t)s->m->c.qk_rope_head_dim;
+    for (int h = 0; h < nh;) {
+        const int g = nh - h >= ATT_HEADS ? ATT_HEADS : nh - h >= 4 ? 4 : 1;
+        const float *q = qc + h * C;
+        float *p = part + h * (R + 2);
+        if (s->cache_bf16) {
+            if (g == ATT_HEADS) attend_part_n(s, cache, q, ATT_HEADS, 1, j0, j1, sc, p);
+            else if (g == 4) attend_part_n(s, cache, q, 4, 1, j0, j1, sc, p);
+            else attend_part_n(s, cache, q, 1, 1, j0, j1, sc, p);
+        } else {
+            if (g == ATT_HEADS) attend_part_n(s, cache, q, ATT_HEADS, 0, j0, j1, sc, p);
+            else if (g == 4) attend_part_n(s, cache, q, 4, 0, j0, j1, sc, p);
+            else attend_part_n(s, cache, q, 1, 0, j0, j1, sc, p);
+        }
+        h += g;
+    }
+}
+
+/* Absorbed attention of every head of the T tokens of a step (T small: decode, verify),
+ * q_lat read from s->lat ([T, H, R]) and o_lat written back there: per token, the heads'
+ * queries are roped once, every (block of keys, group of heads) runs through attend_part,
+ * and each head's blocks are merged in order: o = sum_b e^(m_b - M) o_b / sum_b e^(m_b - M) l_b. */
+static void attend_blocks(dseek_session *s, const void *cache, int T, int pos) {
+    const Config *c = &s->m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
+    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, qd = nope + rope, C = R + rope;
+#pragma omp parallel
+    for (int t = 0; t < T; t++) {
+        const size_t n = (size_t)(pos + t) + 1, kb = key_block(n), nb = (n + kb - 1) / kb;
+        size_t gh = ATT_HEADS; /* heads per unit: fewer when there would be fewer units than threads */
+        while (gh > 1 && nb * ((H + gh - 1) / gh) < (size_t)n_threads_in_team()) gh /= 2;
+        const size_t ng = (H + gh - 1) / gh;
+#pragma omp for schedule(static)
+        for (size_t h = 0; h < H; h++) {
+            float *q = s->qtok + h * C;
+            memcpy(q, s->lat + ((size_t)t * H + h) * R, R * sizeof(float));
+            memcpy(q + R, s->q + (size_t)t * H * qd + h * qd + nope, rope * sizeof(float));
+            rope_apply(q + R, (int)rope, rope_at(s, pos + t));
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (size_t u = 0; u < nb * ng; u++) {
+            const size_t b = u / ng, h0 = u % ng * gh, nh = H - h0 < gh ? H - h0 : gh;
+            const size_t j0 = b * kb, j1 = j0 + kb < n ? j0 + kb : n;
+            attend_part(s, cache, s->qtok + h0 * C, (int)nh, j0, j1, s->att + (size_t)thread_id() * s->att_stride,
+                        s->part + (b * H + h0) * (R + 2));
+        }
+#pragma omp for schedule(static)
+        for (size_t h = 0; h < H; h++) {
+            float M = -INFINITY, L = 0;
+            for (size_t b = 0; b < nb; b++) M = s->part[(b * H + h) * (R + 2)] > M ? s->part[(b * H + h) * (R + 2)] : M;
+            float *o = s->lat + ((size_t)t * H + h) * R;
+            memset(o, 0, R * sizeof(float));
+            for (size_t b = 0; b < nb; b++) {
+                const float *p = s->part + (b * H + h) * (R + 2), w = expf(p[0] - M);
+                L += w * p[1];
+                for (size_t r = 0; r < R; r++) o[r] += w * p[2 + r];
+            }
+            for (size_t r = 0; r < R; r++) o[r] /= L;
+        }
+    }
+}
+
 /* Layer li's rows of the latent cache. */
 static void *cache_layer(const dseek_session *s, int li) {
     const size_t C = (size_t)(s->m->c.kv_lora_rank + s->m->c.qk_rope_head_dim);
@@ -3476,7 +3598,7 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const void *cache, in
     const Config *c = &m->c;
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
-    const size_t qd = nope + rope, C = R + rope, hrows = nope + vd, B = (size_t)s->n_batch;
+    const size_t qd = nope + rope, hrows = nope + vd, B = (size_t)s->n_batch;
     const size_t mp = round_up(R > nope ? R : nope, QK);
     const size_t gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0);
     const size_t gb_v = qgroup_bytes(ly->kv_b.dtype, R);
@@ -3491,24 +3613,7 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const void *cache, in
     }
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
     if (T >= SGEMM_MIN_TOKENS) attend_all_sgemm(s, cache_f32(s, cache, pos + T), T, pos);
-    else {
-        /* (token, group of heads) in parallel: groups of up to ATT_HEADS heads, smaller
-         * when there would be fewer groups than threads */
-        size_t gh = ATT_HEADS;
-        while (gh > 1 && (size_t)T * ((H + gh - 1) / gh) < (size_t)s->nth) gh /= 2;
-        const size_t ng = (H + gh - 1) / gh;
-#pragma omp parallel for schedule(dynamic, 1)
-        for (size_t tg = 0; tg < (size_t)T * ng; tg++) {
-            const size_t t = tg / ng, h0 = tg % ng * gh, nh = H - h0 < gh ? H - h0 : gh;
-            float *lat = s->lat + (t * H + h0) * R; /* q_lat in, o_lat out */
-            float *qc = s->att + (size_t)thread_id() * s->att_stride;
-            for (size_t h = 0; h < nh; h++) {
-                memcpy(qc + h * C, lat + h * R, R * sizeof(float));
-                memcpy(qc + h * C + R, s->q + t * H * qd + (h0 + h) * qd + nope, rope * sizeof(float));
-            }
-            attend_latent(s, cache, qc, (int)nh, pos + (int)t, qc + nh * C, lat);
-        }
-    }
+    else attend_blocks(s, cache, T, pos);
 #pragma omp parallel for schedule(static)
     for (size_t h = 0; h < H; h++) {
         QAct a = HEAD_ACT(h);
@@ -4064,6 +4169,8 @@ void dseek_session_free(dseek_session *s) {
     free(s->sc.qa.d);
     free(s->sc.qa.s);
     free(s->lat);
+    free(s->qtok);
+    free(s->part);
     free(s->qblk);
     free(s->qlc.q);
     free(s->qlc.d);
@@ -4159,6 +4266,8 @@ int dseek_session_new_cache(const dseek_model *m, int n_ctx, int n_batch, dseek_
         s->kvbh = xcalloc((size_t)s->nth * ((size_t)c->qk_nope_head_dim + vd) * R, sizeof(float));
     }
     s->lat = xcalloc(B * H * R, sizeof(float));
+    s->qtok = xcalloc(H * (R + rope), sizeof(float));
+    s->part = xcalloc(H * KEY_BLOCKS_MAX * (R + 2), sizeof(float));
     s->qblk = xcalloc((size_t)s->nth * ATT_BLOCK * (R + rope), sizeof(float));
     s->scores = xcalloc((size_t)s->nth * ATT_BLOCK * (size_t)n_ctx, sizeof(float));
     if (kbt) {
@@ -4215,7 +4324,7 @@ int dseek_session_new_cache(const dseek_model *m, int n_ctx, int n_batch, dseek_
         !s->qx.s || !s->qh.q || !s->qh.d || !s->qh.s || !s->hg || !s->hu || !s->hy || !s->hslot || !s->hjob || !s->tcount || !s->trows || !s->jmlp ||
         !s->jrow || !s->jn || !s->qjobs || !s->qfirst || !s->x || !s->xn || !s->y || !s->qa || !s->q || !s->kv || !s->heads ||
         (!all_kbt && (!s->kvb || !s->kvbh)) || !s->att || !s->gate || !s->up || !s->rlogits || !s->topk || !s->topw || !s->etok || !s->xe ||
-        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache || !s->rope_cs || (s->cache_bf16 && !s->cview) ||
+        !s->ye || !s->hid || !s->hchain || !s->xcat || !s->cache || !s->rope_cs || !s->qtok || !s->part || (s->cache_bf16 && !s->cview) ||
         !s->lat || !s->qblk || !s->scores || (kbt && (!s->qlat.q || !s->qlat.d || !s->qlat.s || !s->hw || !s->hjobs || !s->hfirst || !s->qlc.q || !s->qlc.d ||
                  !s->qlc.s || !s->pbuf))) {
         seterr(err, errlen, "out of memory allocating a session for %d positions", n_ctx);
