@@ -3144,15 +3144,15 @@ static void rope_apply(float *v, int d, const float *cs) {
     }
 }
 
-/* e^x for silu, in plain float arithmetic the compiler can vectorize (glibc's expf is a
- * call per element: a third of the MoE's non-matmul time in a prefill). x = n ln2 + r with
+/* e^x for silu and the decode softmax, in plain float arithmetic the compiler can vectorize
+ * (glibc's expf is a call per element: a third of the MoE's non-matmul time in a prefill). x = n ln2 + r with
  * |r| <= ln2 / 2, e^r by its degree-7 Taylor polynomial (within 2 ulp of e^x over the range),
  * times 2^n built in the exponent bits. n is rounded with the 1.5 * 2^23 trick, which is
  * exact under round-to-nearest, so every build gives the same bits (no FMA contraction:
  * the Makefile passes -ffp-contract=off). x is clamped to [-87, 88], where 2^n stays a
  * normal float: silu's e^-x then saturates at 1.6e38 instead of overflowing, and a NaN
  * never reaches the integer conversion (found by the safetensors fuzz target). */
-static inline float exp_silu(float x) {
+static inline float exp_poly(float x) {
     x = x > -87.0f ? x : -87.0f; /* (NaN too: silu's numerator still carries it) */
     x = x < 88.0f ? x : 88.0f;
     const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
@@ -3169,7 +3169,7 @@ static inline float exp_silu(float x) {
     return p * two.f;
 }
 
-static inline float silu(float x) { return x / (1.0f + exp_silu(-x)); }
+static inline float silu(float x) { return x / (1.0f + exp_poly(-x)); }
 
 /* ============================================================================
  * 6. The forward pass
@@ -3417,16 +3417,30 @@ static inline __attribute__((always_inline)) void attend_part_n(const dseek_sess
     for (int h = 0; h < NH; h++) {
         float *sh = sc + h * n, mx = -INFINITY, sum = 0;
         for (size_t j = 0; j < n; j++) mx = sh[j] > mx ? sh[j] : mx;
-        for (size_t j = 0; j < n; j++) { sh[j] = expf(sh[j] - mx); sum += sh[j]; }
+        /* (a NaN score stays NaN: exp_poly alone would clamp it to a tiny weight) */
+        for (size_t j = 0; j < n; j++) sh[j] = sh[j] == sh[j] ? exp_poly(sh[j] - mx) : sh[j];
+        for (size_t j = 0; j < n; j++) sum += sh[j];
         part[h * (R + 2)] = mx;
         part[h * (R + 2) + 1] = sum;
-        memset(part + h * (R + 2) + 2, 0, R * sizeof(float));
     }
-    for (size_t j = j0; j < j1; j++)
+    /* o = sum_j e_j c_j[:R], 16 columns of every head at a time held in registers while
+     * the block's rows (in cache since the scores) go by */
+    size_t r = 0;
+    for (; r + 16 <= R; r += 16) {
+        f32x16 acc[ATT_HEADS];
+        for (int h = 0; h < NH; h++) acc[h] = (f32x16){0};
+        for (size_t j = j0; j < j1; j++) {
+            const f32x16 cv = BF ? bf16x16_load((const uint16_t *)cache + j * C + r)
+                                 : f32x16_load((const float *)cache + j * C + r);
+            for (int h = 0; h < NH; h++) acc[h] += sc[h * n + j - j0] * cv;
+        }
+        for (int h = 0; h < NH; h++) memcpy(part + h * (R + 2) + 2 + r, &acc[h], sizeof acc[h]);
+    }
+    for (; r < R; r++)
         for (int h = 0; h < NH; h++) {
-            const float e = sc[h * n + j - j0];
-            float *o = part + h * (R + 2) + 2;
-            for (size_t r = 0; r < R; r++) o[r] += e * CACHE_AT(cache, BF, j * C + r);
+            float o = 0;
+            for (size_t j = j0; j < j1; j++) o += sc[h * n + j - j0] * CACHE_AT(cache, BF, j * C + r);
+            part[h * (R + 2) + 2 + r] = o;
         }
 }
 
