@@ -3040,6 +3040,24 @@ typedef uint16_t u16x16_u __attribute__((vector_size(32), aligned(2), may_alias)
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 #define bf16x16_load(p) ((f32x16)(__builtin_convertvector(*(const u16x16_u *)(p), u32x16) << 16))
 
+/* dot_f32's closing tree over the 16 lanes of v (lane k + 8, then k + 4, k + 2 and k + 1
+ * added to lane k) as three vector adds instead of fifteen scalar ones. */
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+static inline float f32x16_hsum(const f32x16 *v) {
+    f32x8 a, b;
+    memcpy(&a, v, sizeof a);
+    memcpy(&b, (const float *)v + 8, sizeof b);
+    a += b;
+    f32x4 c, d;
+    memcpy(&c, &a, sizeof c);
+    memcpy(&d, (const float *)&a + 4, sizeof d);
+    c += d;
+    float e[4];
+    memcpy(e, &c, sizeof e);
+    return (e[0] + e[2]) + (e[1] + e[3]);
+}
+
 /* out[i] = dot_f32(w + i * ldw, x, n) for i < nr (at most 4): the rows' sums run side by
  * side (one sum waits on its adder at every step) and share the loads of x; each row's
  * floats meet in dot_f32's order, so the results are its bits. */
@@ -3053,6 +3071,7 @@ static inline __attribute__((always_inline)) void dot_f32_n(const float *w, size
         for (int r = 0; r < NR; r++) acc[r] += f32x16_load(w + r * ldw + i) * xv;
     }
     for (int r = 0; r < NR; r++) {
+        if (i == n) { out[r] = f32x16_hsum(&acc[r]); continue; }
         float a[16];
         memcpy(a, &acc[r], sizeof a);
         for (int k = 0; i + (size_t)k < n; k++) a[k] += w[r * ldw + i + k] * x[i + k];
@@ -3304,7 +3323,7 @@ static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
 }
 
 /* Heads of one token that attend_latent_n runs together, at most. */
-#define ATT_HEADS 8
+#define ATT_HEADS 16
 
 /* Absorbed MLA attention of NH heads of one token at position p over the latent cache
  * (positions 0..p; float32 rows, or bfloat16 with BF): qc[NH][R + rope] holds each head's
@@ -3332,6 +3351,7 @@ static inline __attribute__((always_inline)) void attend_latent_n(const dseek_se
             for (int h = 0; h < NH; h++) acc[h] += f32x16_load(qc + h * C + i) * cv;
         }
         for (int h = 0; h < NH; h++) {
+            if (i == C) { sc[h * n + j] = f32x16_hsum(&acc[h]) * m->softmax_scale; continue; }
             float a[16];
             memcpy(a, &acc[h], sizeof a);
             for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * CACHE_AT(cache, BF, j * C + i + k);
@@ -3355,20 +3375,22 @@ static inline __attribute__((always_inline)) void attend_latent_n(const dseek_se
         }
 }
 
-/* attend_latent_n for nh heads, in groups of ATT_HEADS, 4 and 1 (the kernel wants NH known
+/* attend_latent_n for nh heads, in groups of ATT_HEADS, 8, 4 and 1 (the kernel wants NH known
  * at compile time). */
 static void attend_latent(const dseek_session *s, const void *cache, float *qc, int nh, int p, float *sc,
                           float *olat) {
     const size_t R = (size_t)s->m->c.kv_lora_rank, C = R + (size_t)s->m->c.qk_rope_head_dim;
     for (int h = 0; h < nh;) {
-        const int g = nh - h >= ATT_HEADS ? ATT_HEADS : nh - h >= 4 ? 4 : 1;
+        const int g = nh - h >= ATT_HEADS ? ATT_HEADS : nh - h >= 8 ? 8 : nh - h >= 4 ? 4 : 1;
         float *q = qc + h * C, *o = olat + h * R;
         if (s->cache_bf16) {
             if (g == ATT_HEADS) attend_latent_n(s, cache, q, ATT_HEADS, 1, p, sc, o);
+            else if (g == 8) attend_latent_n(s, cache, q, 8, 1, p, sc, o);
             else if (g == 4) attend_latent_n(s, cache, q, 4, 1, p, sc, o);
             else attend_latent_n(s, cache, q, 1, 1, p, sc, o);
         } else {
             if (g == ATT_HEADS) attend_latent_n(s, cache, q, ATT_HEADS, 0, p, sc, o);
+            else if (g == 8) attend_latent_n(s, cache, q, 8, 0, p, sc, o);
             else if (g == 4) attend_latent_n(s, cache, q, 4, 0, p, sc, o);
             else attend_latent_n(s, cache, q, 1, 0, p, sc, o);
         }
@@ -3406,6 +3428,7 @@ static inline __attribute__((always_inline)) void attend_part_n(const dseek_sess
             for (int h = 0; h < NH; h++) acc[h] += f32x16_load(qc + h * C + i) * cv;
         }
         for (int h = 0; h < NH; h++) {
+            if (i == C) { sc[h * n + j - j0] = f32x16_hsum(&acc[h]) * m->softmax_scale; continue; }
             float a[16];
             memcpy(a, &acc[h], sizeof a);
             for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * CACHE_AT(cache, BF, j * C + i + k);
@@ -3444,21 +3467,23 @@ static inline __attribute__((always_inline)) void attend_part_n(const dseek_sess
         }
 }
 
-/* attend_part_n for nh heads (their parts R + 2 floats apart), in groups of ATT_HEADS, 4
- * and 1. */
+/* attend_part_n for nh heads (their parts R + 2 floats apart), in groups of ATT_HEADS,
+ * 8, 4 and 1. */
 static void attend_part(const dseek_session *s, const void *cache, const float *qc, int nh, size_t j0, size_t j1,
                         float *sc, float *part) {
     const size_t R = (size_t)s->m->c.kv_lora_rank, C = R + (size_t)s->m->c.qk_rope_head_dim;
     for (int h = 0; h < nh;) {
-        const int g = nh - h >= ATT_HEADS ? ATT_HEADS : nh - h >= 4 ? 4 : 1;
+        const int g = nh - h >= ATT_HEADS ? ATT_HEADS : nh - h >= 8 ? 8 : nh - h >= 4 ? 4 : 1;
         const float *q = qc + h * C;
         float *p = part + h * (R + 2);
         if (s->cache_bf16) {
             if (g == ATT_HEADS) attend_part_n(s, cache, q, ATT_HEADS, 1, j0, j1, sc, p);
+            else if (g == 8) attend_part_n(s, cache, q, 8, 1, j0, j1, sc, p);
             else if (g == 4) attend_part_n(s, cache, q, 4, 1, j0, j1, sc, p);
             else attend_part_n(s, cache, q, 1, 1, j0, j1, sc, p);
         } else {
             if (g == ATT_HEADS) attend_part_n(s, cache, q, ATT_HEADS, 0, j0, j1, sc, p);
+            else if (g == 8) attend_part_n(s, cache, q, 8, 0, j0, j1, sc, p);
             else if (g == 4) attend_part_n(s, cache, q, 4, 0, j0, j1, sc, p);
             else attend_part_n(s, cache, q, 1, 0, j0, j1, sc, p);
         }
