@@ -3322,81 +3322,11 @@ static void kv_b_rows(const Tensor *w, size_t r0, size_t n, float *out) {
     }
 }
 
-/* Heads of one token that attend_latent_n runs together, at most. */
+/* Heads of one token that attend_part_n runs together, at most. */
 #define ATT_HEADS 16
 
-/* Absorbed MLA attention of NH heads of one token at position p over the latent cache
- * (positions 0..p; float32 rows, or bfloat16 with BF): qc[NH][R + rope] holds each head's
- * q_lat = W_UK^T q_nope and its q_pe (roped here), and olat[NH][R] gets o_lat = sum_j
- * softmax_j(scale * qc . c_j) c_j[:R]. The heads share each pass over the cache and their
- * dot products run side by side: one head's 16-lane sum waits on its adder at every step,
- * several fill the pipeline (decode attention 3x faster). Each head's floats meet in
- * dot_f32's order whatever NH is, so the bits do not depend on how heads are grouped.
- * sc: scratch [NH][p + 1]. */
+/* a latent-cache number as float32: element k of float32 rows, or of bfloat16 ones (BF) */
 #define CACHE_AT(cache, BF, k) ((BF) ? bf16_to_f32(((const uint16_t *)(cache))[k]) : ((const float *)(cache))[k])
-static inline __attribute__((always_inline)) void attend_latent_n(const dseek_session *s, const void *cache,
-                                                                  float *qc, const int NH, const int BF, int p,
-                                                                  float *sc, float *olat) {
-    const dseek_model *m = s->m;
-    const size_t R = (size_t)m->c.kv_lora_rank, rope = (size_t)m->c.qk_rope_head_dim, C = R + rope;
-    const size_t n = (size_t)p + 1; /* causal: positions 0..p */
-    for (int h = 0; h < NH; h++) rope_apply(qc + h * C + R, (int)rope, rope_at(s, p));
-    for (size_t j = 0; j < n; j++) {
-        f32x16 acc[ATT_HEADS];
-        for (int h = 0; h < NH; h++) acc[h] = (f32x16){0};
-        size_t i = 0;
-        for (; i + 16 <= C; i += 16) {
-            const f32x16 cv = BF ? bf16x16_load((const uint16_t *)cache + j * C + i)
-                                 : f32x16_load((const float *)cache + j * C + i);
-            for (int h = 0; h < NH; h++) acc[h] += f32x16_load(qc + h * C + i) * cv;
-        }
-        for (int h = 0; h < NH; h++) {
-            if (i == C) { sc[h * n + j] = f32x16_hsum(&acc[h]) * m->softmax_scale; continue; }
-            float a[16];
-            memcpy(a, &acc[h], sizeof a);
-            for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * CACHE_AT(cache, BF, j * C + i + k);
-            for (int w = 8; w >= 1; w /= 2)
-                for (int k = 0; k < w; k++) a[k] += a[k + w];
-            sc[h * n + j] = a[0] * m->softmax_scale;
-        }
-    }
-    for (int h = 0; h < NH; h++) {
-        float *sh = sc + h * n, mx = -INFINITY, sum = 0;
-        for (size_t j = 0; j < n; j++) mx = sh[j] > mx ? sh[j] : mx;
-        for (size_t j = 0; j < n; j++) { sh[j] = expf(sh[j] - mx); sum += sh[j]; }
-        for (size_t j = 0; j < n; j++) sh[j] /= sum;
-    }
-    memset(olat, 0, (size_t)NH * R * sizeof(float));
-    for (size_t j = 0; j < n; j++)
-        for (int h = 0; h < NH; h++) {
-            const float pj = sc[h * n + j];
-            float *o = olat + h * R;
-            for (size_t r = 0; r < R; r++) o[r] += pj * CACHE_AT(cache, BF, j * C + r);
-        }
-}
-
-/* attend_latent_n for nh heads, in groups of ATT_HEADS, 8, 4 and 1 (the kernel wants NH known
- * at compile time). */
-static void attend_latent(const dseek_session *s, const void *cache, float *qc, int nh, int p, float *sc,
-                          float *olat) {
-    const size_t R = (size_t)s->m->c.kv_lora_rank, C = R + (size_t)s->m->c.qk_rope_head_dim;
-    for (int h = 0; h < nh;) {
-        const int g = nh - h >= ATT_HEADS ? ATT_HEADS : nh - h >= 8 ? 8 : nh - h >= 4 ? 4 : 1;
-        float *q = qc + h * C, *o = olat + h * R;
-        if (s->cache_bf16) {
-            if (g == ATT_HEADS) attend_latent_n(s, cache, q, ATT_HEADS, 1, p, sc, o);
-            else if (g == 8) attend_latent_n(s, cache, q, 8, 1, p, sc, o);
-            else if (g == 4) attend_latent_n(s, cache, q, 4, 1, p, sc, o);
-            else attend_latent_n(s, cache, q, 1, 1, p, sc, o);
-        } else {
-            if (g == ATT_HEADS) attend_latent_n(s, cache, q, ATT_HEADS, 0, p, sc, o);
-            else if (g == 8) attend_latent_n(s, cache, q, 8, 0, p, sc, o);
-            else if (g == 4) attend_latent_n(s, cache, q, 4, 0, p, sc, o);
-            else attend_latent_n(s, cache, q, 1, 0, p, sc, o);
-        }
-        h += g;
-    }
-}
 
 /* Attention of a decoded token over a long context reads the layer's latent cache once per
  * group of heads and keeps the work in cache: the positions are cut into blocks (at most
@@ -3410,9 +3340,13 @@ static size_t key_block(size_t n) {
     return kb < 256 ? 256 : kb;
 }
 
-/* NH heads (qc[NH][R + rope], q_pe roped) over cache positions [j0, j1): part[h] gets the
- * scores' max m, the sum l of exp(score - m) and o[R] = sum exp(score - m) c_j[:R].
- * sc: scratch [NH][j1 - j0]. Each score is dot_f32's sum, as in attend_latent_n. */
+/* Absorbed MLA attention of NH heads of one token over cache positions [j0, j1) (float32
+ * rows, or bfloat16 with BF): qc[NH][R + rope] holds each head's q_lat = W_UK^T q_nope and
+ * its roped q_pe; part[h] ([R + 2]) gets the scores' max m, the sum l of exp(score - m)
+ * and o[R] = sum exp(score - m) c_j[:R] (o / l is the head's o_lat over these positions).
+ * The heads share each pass over the rows and their 16-lane sums run side by side (one
+ * head's sum would wait on its adder at every step); each score is dot_f32's sum, in its
+ * order, so the bits do not depend on how heads are grouped. sc: scratch [NH][j1 - j0]. */
 static inline __attribute__((always_inline)) void attend_part_n(const dseek_session *s, const void *cache,
                                                                 const float *qc, const int NH, const int BF,
                                                                 size_t j0, size_t j1, float *sc, float *part) {
@@ -3561,7 +3495,7 @@ static void attend_head(dseek_session *s, const void *cache, const float *wuk, i
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
     const size_t qd = nope + rope, C = R + rope;
     float *qc = s->att + (size_t)thread_id() * s->att_stride; /* [R + rope]: q_lat then q_pe */
-    float *olat = qc + C, *sc = olat + R;
+    float *part = qc + C, *sc = part + R + 2, *olat = part + 2;
     const float *qh = s->q + (size_t)t * H * qd + (size_t)h * qd;
     /* absorbed query: q_lat = W_UK[h]^T q_nope */
     memset(qc, 0, R * sizeof(float));
@@ -3571,7 +3505,9 @@ static void attend_head(dseek_session *s, const void *cache, const float *wuk, i
         for (size_t r = 0; r < R; r++) qc[r] += a * wr[r];
     }
     memcpy(qc + R, qh + nope, rope * sizeof(float));
-    attend_latent(s, cache, qc, 1, pos + t, sc, olat);
+    rope_apply(qc + R, (int)rope, rope_at(s, pos + t));
+    attend_part(s, cache, qc, 1, 0, (size_t)(pos + t) + 1, sc, part); /* all positions as one block */
+    for (size_t r = 0; r < R; r++) olat[r] /= part[1];
     /* out[h] = W_UV[h] o_lat */
     const float *wuv = wuk + nope * R;
     float *o = s->heads + (size_t)t * H * vd + (size_t)h * vd;
@@ -4322,7 +4258,7 @@ int dseek_session_new_cache(const dseek_model *m, int n_ctx, int n_batch, dseek_
         s->hjobs = xcalloc(H, sizeof(QJob));
         s->hfirst = xcalloc(H + 1, sizeof(size_t));
     }
-    s->att_stride = ATT_HEADS * (R + rope + (size_t)n_ctx); /* attend_latent's qc and sc */
+    s->att_stride = ATT_HEADS * (R + rope + (size_t)n_ctx); /* attend_part's scores, attend_head's q, part, scores */
     s->att = xcalloc((size_t)s->nth * s->att_stride, sizeof(float));
     s->gate = xcalloc(B * inter, sizeof(float));
     s->up = xcalloc(B * inter, sizeof(float));
