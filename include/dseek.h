@@ -108,7 +108,7 @@ int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_sessio
 
 /* What the latent cache holds: float32 (the default), or bfloat16, half the memory and half
  * the cache bytes a decode step reads at long contexts, for latents rounded to 8 significant
- * bits (logits move by about 1e-2 on the reference cases). */
+ * bits (logits move by under 1e-2 on the reference cases). */
 typedef enum { DSEEK_CACHE_F32 = 0, DSEEK_CACHE_BF16 = 1 } dseek_cache_type;
 /* dseek_session_new with the cache's element type. */
 int dseek_session_new_cache(const dseek_model *m, int n_ctx, int n_batch, dseek_cache_type cache_type,

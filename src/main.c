@@ -170,7 +170,7 @@ static void usage(const char *cmd) {
                         "  maps and reads pages on first use (fast start, slow first tokens);\n"
                         "  --mlock keeps them from being swapped out\n"
                         "  --cache-type f32|bf16: the latent cache in float32 (default) or bfloat16 (half the\n"
-                        "  memory and half the cache reads of a long context; logits move by about 1e-2)\n");
+                        "  memory and half the cache reads of a long context; logits move by under 1e-2)\n");
 }
 
 static void parse_args(int argc, char **argv, Args *a, const char *cmd) {
