@@ -3071,13 +3071,13 @@ static inline __attribute__((always_inline)) void dot_f32_n(const float *w, size
         for (int r = 0; r < NR; r++) acc[r] += f32x16_load(w + r * ldw + i) * xv;
     }
     for (int r = 0; r < NR; r++) {
-        if (i == n) { out[r] = f32x16_hsum(&acc[r]); continue; }
-        float a[16];
-        memcpy(a, &acc[r], sizeof a);
-        for (int k = 0; i + (size_t)k < n; k++) a[k] += w[r * ldw + i + k] * x[i + k];
-        for (int v = 8; v >= 1; v /= 2)
-            for (int k = 0; k < v; k++) a[k] += a[k + v];
-        out[r] = a[0];
+        if (i < n) { /* the last n % 16 products go to lanes 0.. as in dot_f32 */
+            float a[16];
+            memcpy(a, &acc[r], sizeof a);
+            for (int k = 0; i + (size_t)k < n; k++) a[k] += w[r * ldw + i + k] * x[i + k];
+            memcpy(&acc[r], a, sizeof a);
+        }
+        out[r] = f32x16_hsum(&acc[r]);
     }
 }
 
@@ -3153,7 +3153,7 @@ static void rmsnorm(float *out, const float *x, const float *w, size_t n, float 
 
 /* Rotates adjacent pairs (2i, 2i+1) of v[d] by the angles of one position (SPEC:
  * interleaved RoPE): cs holds their d/2 cosines then d/2 sines, times the YaRN mscale
- * (rope_table). */
+ * (rope_fill). */
 static void rope_apply(float *v, int d, const float *cs) {
     for (int i = 0; i < d / 2; i++) {
         const float c = cs[i], s = cs[d / 2 + i];
@@ -3212,7 +3212,7 @@ struct dseek_session {
     /* the int8 attention path (layers with kb_t) */
     float *lat;               /* [B, H, R] q_lat of each token and head, then its o_lat */
     float *qtok;              /* [H, R + rope] one token's q_lat and roped q_pe (attend_blocks) */
-    float *part;              /* [H, KEY_BLOCKS_MAX, R + 2] per block of keys: max, sum, o_lat */
+    float *part;              /* [KEY_BLOCKS_MAX, H, R + 2] per block of keys and head: max, sum, o (attend_blocks) */
     float *qblk;              /* per thread [ATT_BLOCK, R + rope]: queries of a block (attend_all_sgemm) */
     float *scores;            /* per thread [ATT_BLOCK, n_ctx]: their scores */
     QAct qlat;                /* per head, T rows: q_nope, then o_lat [H * B, R rounded up to 32] */
@@ -3362,13 +3362,13 @@ static inline __attribute__((always_inline)) void attend_part_n(const dseek_sess
             for (int h = 0; h < NH; h++) acc[h] += f32x16_load(qc + h * C + i) * cv;
         }
         for (int h = 0; h < NH; h++) {
-            if (i == C) { sc[h * n + j - j0] = f32x16_hsum(&acc[h]) * m->softmax_scale; continue; }
-            float a[16];
-            memcpy(a, &acc[h], sizeof a);
-            for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * CACHE_AT(cache, BF, j * C + i + k);
-            for (int w = 8; w >= 1; w /= 2)
-                for (int k = 0; k < w; k++) a[k] += a[k + w];
-            sc[h * n + j - j0] = a[0] * m->softmax_scale;
+            if (i < C) { /* the last C % 16 products go to lanes 0.. as in dot_f32 */
+                float a[16];
+                memcpy(a, &acc[h], sizeof a);
+                for (int k = 0; i + (size_t)k < C; k++) a[k] += qc[h * C + i + k] * CACHE_AT(cache, BF, j * C + i + k);
+                memcpy(&acc[h], a, sizeof a);
+            }
+            sc[h * n + j - j0] = f32x16_hsum(&acc[h]) * m->softmax_scale;
         }
     }
     for (int h = 0; h < NH; h++) {
@@ -3456,7 +3456,10 @@ static void attend_blocks(dseek_session *s, const void *cache, int T, int pos) {
 #pragma omp for schedule(static)
         for (size_t h = 0; h < H; h++) {
             float M = -INFINITY, L = 0;
-            for (size_t b = 0; b < nb; b++) M = s->part[(b * H + h) * (R + 2)] > M ? s->part[(b * H + h) * (R + 2)] : M;
+            for (size_t b = 0; b < nb; b++) {
+                const float mb = s->part[(b * H + h) * (R + 2)];
+                M = mb > M ? mb : M;
+            }
             float *o = s->lat + ((size_t)t * H + h) * R;
             memset(o, 0, R * sizeof(float));
             for (size_t b = 0; b < nb; b++) {
@@ -4185,9 +4188,7 @@ void dseek_session_log_routing(dseek_session *s, int *buf, int n_pos) {
 int dseek_session_ctx(const dseek_session *s) { return s->n_ctx; }
 
 size_t dseek_session_cache_bytes_per_token(const dseek_session *s) {
-    const Config *c = &s->m->c;
-    return (size_t)(c->num_hidden_layers + s->m->info.n_mtp) * (size_t)(c->kv_lora_rank + c->qk_rope_head_dim) *
-           (s->cache_bf16 ? 2 : 4);
+    return s->m->info.cache_bytes_per_token / (s->cache_bf16 ? 2 : 1); /* the model's figure is float32 */
 }
 
 int dseek_session_new(const dseek_model *m, int n_ctx, int n_batch, dseek_session **out, char *err, size_t errlen) {
