@@ -203,19 +203,30 @@ static size_t qtensor_bytes(int dt, size_t rows, size_t cols) { return (rows + Q
 static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
 /* The block quantizers below are written so that the compiler can vectorize them and still
- * give the same bytes on every machine and build: sums and maxima go through 8 fixed lanes
+ * give the same bytes on every machine and build: sums go through 8 fixed lanes
  * (no reassociation), rounding to the nearest integer (ties to even, as lrintf) is the
  * exact float trick (v + 1.5 * 2^23) - 1.5 * 2^23, valid for |v| < 2^22, and every product
  * is a statement of its own, so that no compiler fuses it into a multiply-add (clang does
  * within one expression by default). */
 #define RND_MAGIC 12582912.0f
 
+/* The largest |x[i]| of a block, as the largest of the values' bits with the sign cleared:
+ * for floats of one sign the bits order as the values do, and a NaN anywhere in the block
+ * comes out (its bits lie above infinity's), where a float comparison would skip it and
+ * the NaN would be quantized as a 0. */
 static float absmax32(const float *x) {
-    float m[8] = {0};
-    for (int j = 0; j < QK; j += 8)
-        for (int k = 0; k < 8; k++) m[k] = fabsf(x[j + k]) > m[k] ? fabsf(x[j + k]) : m[k];
-    for (int k = 1; k < 8; k++) m[0] = m[k] > m[0] ? m[k] : m[0];
-    return m[0];
+    uint32_t m[16] = {0};
+    for (int j = 0; j < QK; j += 16)
+        for (int k = 0; k < 16; k++) {
+            uint32_t u;
+            memcpy(&u, x + j + k, sizeof u);
+            u &= 0x7fffffffu;
+            m[k] = u > m[k] ? u : m[k];
+        }
+    for (int k = 1; k < 16; k++) m[0] = m[k] > m[0] ? m[k] : m[0];
+    float r;
+    memcpy(&r, &m[0], sizeof r);
+    return r;
 }
 
 /* Q8_0 of one block x[32]: scale d, q[32]. Returns -1 if x holds a non-finite value or a
@@ -2211,10 +2222,14 @@ static void qact_quantize_ld(QAct *a, const float *x, size_t ldx, size_t cols, i
         for (size_t b = 0; b < a->nb; b++) {
             const float *xb = x + (size_t)t * ldx + b * QK;
             int8_t *q = a->q + (size_t)t * a->cols_p + b * QK;
-            size_t n = cols - b * QK < QK ? cols - b * QK : QK;
-            float xs[QK] = {0};
-            memcpy(xs, xb, n * sizeof(float)); /* the last block: zero past cols */
-            float amax = absmax32(xs);
+            const size_t n = cols - b * QK < QK ? cols - b * QK : QK;
+            float xs[QK];
+            if (n < QK) { /* the last block: zero past cols */
+                memset(xs, 0, sizeof xs);
+                memcpy(xs, xb, n * sizeof(float));
+                xb = xs;
+            }
+            float amax = absmax32(xb);
             if (!(amax <= 3.4e38f)) { /* inf or nan: the rows it meets become nan, as in float32 */
                 memset(q, 0, QK);
                 a->d[(size_t)t * a->nb + b] = NAN;
@@ -2222,13 +2237,18 @@ static void qact_quantize_ld(QAct *a, const float *x, size_t ldx, size_t cols, i
                 continue;
             }
             float id = amax >= 1e-30f ? 127.0f / amax : 0.0f; /* a tinier block is zero */
-            int32_t sum = 0;
+            /* rounded in one loop and narrowed and summed in another: both vectorize
+             * (decode quantizes about 25k values a layer; 3x faster than one loop) */
+            int32_t qi[QK], sum = 0;
             for (int i = 0; i < QK; i++) {
-                float v = xs[i] * id;
+                float v = xb[i] * id;
                 v = (v + RND_MAGIC) - RND_MAGIC;
                 v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
-                q[i] = (int8_t)(int)v;
-                sum += q[i];
+                qi[i] = (int32_t)v;
+            }
+            for (int i = 0; i < QK; i++) {
+                q[i] = (int8_t)qi[i];
+                sum += qi[i];
             }
             a->d[(size_t)t * a->nb + b] = id > 0 ? amax / 127.0f : 0.0f;
             a->s[(size_t)t * a->nb + b] = sum;

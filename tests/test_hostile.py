@@ -95,6 +95,16 @@ for name, src, t, v, idx in [
     check(name + ": logits refuse", logits(d), "non-finite logits", "--check-tensors")
     check(name + ": run refuses", ["run", "-m", d, "--tokens", "0,5,7", "--ids", "-n", "4"], "non-finite logits")
     check(name + ": --check-tensors names it", logits(d, "--check-tensors"), ST, t, kind)
+# quantizing: a NaN among finite weights is refused, never quantized as a 0 (a block's
+# largest |w| found by comparisons alone skips a NaN); with Inf as above
+for name, t, v, idx in [("NaN in a bf16 o_proj", "model.layers.0.self_attn.o_proj.weight", NAN, 10),
+                        ("NaN in a bf16 expert", "model.layers.1.mlp.experts.0.down_proj.weight", NAN, 33)]:
+    d = variant(bf, "q_" + t)
+    poke(d, t, v, idx)
+    for ty in ("q8_0", "q4_0", "q4_k"):
+        check(f"{name}: quantize --type {ty} refuses", ["quantize", "-m", d, "-o", os.path.join(tmp, "qout_" + ty),
+                                                        "--type", ty], t, "cannot be quantized", "not finite")
+    check(name + ": logits --quant q8_0 refuses", logits(d, "--quant", "q8_0"), t, "cannot be quantized")
 # the MTP head: its own weights
 d = variant(bf, "mtp_nan")
 poke(d, "model.layers.2.shared_head.head.weight", NAN, 40)

@@ -17,7 +17,7 @@
  *      the threaded product too; Q4_K's padding columns contribute exactly nothing;
  *   5. the portable kernel against float64 products of the dequantized weights with the
  *      float activations: within the bound that 8-bit activation rounding allows;
- *   6. non-finite activations give NaN rows; zero activations give exact zeros;
+ *   6. non-finite activations (an inf, a NaN among finite values) give NaN rows; zero activations give exact zeros;
  *   7. qgroup_dequant (used for kv_b in attention) = qrow_dequant, row by row. */
 #include "../src/dseek.c"
 
@@ -234,6 +234,16 @@ static void test_blocks(void) {
     CHECK(q4_k_superblock(z, &d, &dmin, sc, m, q), "q4_k_superblock accepted an infinity");
     z[7] = 1e38f;
     CHECK(q4_k_superblock(z, &d, &dmin, sc, m, q), "q4_k_superblock accepted a scale beyond the range of a half");
+    /* a NaN among finite values (a comparison skips it: it must not be quantized as 0) */
+    for (int i = 0; i < QKK; i++) z[i] = 0.25f * (float)(i % 7) - 0.5f;
+    for (int at = 0; at < QK; at += 13) {
+        z[at] = NAN;
+        int8_t q8[QK];
+        CHECK(q8_0_block(z, &d, q8), "q8_0_block accepted a NaN at %d", at);
+        CHECK(q4_0_block(z, &d, q), "q4_0_block accepted a NaN at %d", at);
+        CHECK(q4_k_superblock(z, &d, &dmin, sc, m, q), "q4_k_superblock accepted a NaN at %d", at);
+        z[at] = 0.5f;
+    }
 }
 
 /* ---- 4-6. kernels ---- */
@@ -364,19 +374,21 @@ static void test_kernels(void) {
     /* 6. special activations */
     for (int dti = 0; dti < 3; dti++) {
         QMat m = make_qmat(dts[dti], 20, 70);
-        QAct a = make_qact(70, 2);
-        float x[140] = {0}, y[40];
+        QAct a = make_qact(70, 3);
+        float x[210] = {0}, y[60];
         x[70 + 5] = INFINITY;
-        qact_quantize(&a, x, 70, 2);
+        for (int i = 0; i < 70; i++) x[140 + i] = 0.1f * (float)(i % 5); /* and a NaN among finite values */
+        x[140 + 41] = NAN;
+        qact_quantize(&a, x, 70, 3);
         for (int k = 0; k < nk; k++) {
             if (!qkernel_supported(k)) continue;
-            run_kernel(k, &m.q, &a, 2, y);
+            run_kernel(k, &m.q, &a, 3, y);
             int zeros = 0, nans = 0;
             for (int r = 0; r < 20; r++) {
                 zeros += y[r] == 0 && !signbit(y[r]);
-                nans += isnan(y[20 + r]);
+                nans += isnan(y[20 + r]) + isnan(y[40 + r]);
             }
-            CHECK(zeros == 20 && nans == 20, "%s %s: zero activations give %d/20 zeros, an inf gives %d/20 NaN rows",
+            CHECK(zeros == 20 && nans == 40, "%s %s: zero activations give %d/20 zeros, an inf or NaN %d/40 NaN rows",
                   qkernels[k].name, dtype_name(dts[dti]), zeros, nans);
         }
         free_qact(&a);
