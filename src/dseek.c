@@ -3445,10 +3445,21 @@ static void attend_part(const dseek_session *s, const void *cache, const float *
     }
 }
 
+/* Head h's region of s->qlat, whose rows (cols values each, one per token of the step) are
+ * the int8 activations of its q_nope or its o_lat (mla_heads_q). */
+static QAct head_act(const dseek_session *s, size_t h, size_t cols) {
+    const Config *c = &s->m->c;
+    const size_t R = (size_t)c->kv_lora_rank, nope = (size_t)c->qk_nope_head_dim;
+    const size_t mp = round_up(R > nope ? R : nope, QK), off = h * (size_t)s->n_batch * mp, cp = round_up(cols, QK);
+    return (QAct){s->qlat.q + off, s->qlat.d + off / QK, s->qlat.s + off / QK, cp, cp / QK};
+}
+
 /* Absorbed attention of every head of the T tokens of a step (T small: decode, verify),
  * q_lat read from s->lat ([T, H, R]) and o_lat written back there: per token, the heads'
  * queries are roped once, every (block of keys, group of heads) runs through attend_part,
- * and each head's blocks are merged in order: o = sum_b e^(m_b - M) o_b / sum_b e^(m_b - M) l_b. */
+ * and each head's blocks are merged in order: o = sum_b e^(m_b - M) o_b / sum_b e^(m_b - M) l_b.
+ * Each o_lat row is also quantized into its head's activations (head_act) for W_UV, in the
+ * same pass instead of a parallel region of its own. */
 static void attend_blocks(dseek_session *s, const void *cache, int T, int pos) {
     const Config *c = &s->m->c;
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
@@ -3488,6 +3499,9 @@ static void attend_blocks(dseek_session *s, const void *cache, int T, int pos) {
                 for (size_t r = 0; r < R; r++) o[r] += w * p[2 + r];
             }
             for (size_t r = 0; r < R; r++) o[r] /= L;
+            const QAct rows = head_act(s, h, R);
+            QAct a = qact_rows(&rows, (size_t)t);
+            qact_quantize_ld(&a, o, R, R, 1);
         }
     }
 }
@@ -3596,32 +3610,33 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const void *cache, in
     const Config *c = &m->c;
     const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
-    const size_t qd = nope + rope, hrows = nope + vd, B = (size_t)s->n_batch;
-    const size_t mp = round_up(R > nope ? R : nope, QK);
+    const size_t qd = nope + rope, hrows = nope + vd;
     const size_t gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0);
     const size_t gb_v = qgroup_bytes(ly->kv_b.dtype, R);
-    /* a head's T rows of activations: region h of qlat */
-#define HEAD_ACT(h) ((QAct){s->qlat.q + (h) * B * mp, s->qlat.d + (h) * B * mp / QK, s->qlat.s + (h) * B * mp / QK, 0, 0})
-#pragma omp parallel for schedule(static)
+    /* q_nope of every head into its activations: in parallel only for a few tokens or more
+     * (one token's 2048 values take less time than starting the threads) */
+#pragma omp parallel for schedule(static) if (T >= 4)
     for (size_t h = 0; h < H; h++) {
-        QAct a = HEAD_ACT(h);
+        QAct a = head_act(s, h, nope);
         qact_quantize_ld(&a, s->q + h * qd, H * qd, nope, T);
         s->hw[h] = (Tensor){.rows = R, .cols = nope, .dtype = DT_Q8_0, .data = ly->kb_t.data + h * (R / QR) * gb_t};
         s->hjobs[h] = (QJob){&s->hw[h], a, T, s->lat + h * R, H * R};
     }
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
-    if (T >= SGEMM_MIN_TOKENS) attend_all_sgemm(s, cache_f32(s, cache, pos + T), T, pos);
-    else attend_blocks(s, cache, T, pos);
+    if (T >= SGEMM_MIN_TOKENS) {
+        attend_all_sgemm(s, cache_f32(s, cache, pos + T), T, pos);
 #pragma omp parallel for schedule(static)
+        for (size_t h = 0; h < H; h++) {
+            QAct a = head_act(s, h, R);
+            qact_quantize_ld(&a, s->lat + h * R, H * R, R, T);
+        }
+    } else attend_blocks(s, cache, T, pos); /* (quantizes o_lat itself) */
     for (size_t h = 0; h < H; h++) {
-        QAct a = HEAD_ACT(h);
-        qact_quantize_ld(&a, s->lat + h * R, H * R, R, T);
         s->hw[H + h] = (Tensor){.rows = vd, .cols = R, .dtype = ly->kv_b.dtype,
                                 .data = ly->kv_b.data + (h * hrows + nope) / QR * gb_v};
-        s->hjobs[h] = (QJob){&s->hw[H + h], a, T, s->heads + h * vd, H * vd};
+        s->hjobs[h] = (QJob){&s->hw[H + h], head_act(s, h, R), T, s->heads + h * vd, H * vd};
     }
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
-#undef HEAD_ACT
 }
 
 /* A prompt of many tokens over a quantized kv_b (T >= PLAIN_MIN_TOKENS, layers with kb_t):
