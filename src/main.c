@@ -129,7 +129,7 @@ static void usage(const char *cmd) {
                 "                   [--check-tensors] [--cache-type f32|bf16]\n"
                 "  prefill of p random tokens and decode of n tokens (after d tokens of context), repeated r times: tokens/s (mean +- sd),\n"
                 "  model bytes, bytes read per decoded token, latent-cache bytes per token, resident memory,\n"
-                "  and decode speed against the memory-bandwidth roofline measured in the same run;\n"
+                "  and decode speed against the memory-bandwidth roofline (bandwidth measured around each decode);\n"
                 "  models with an MTP layer are also decoded with speculative decoding\n");
     if (!cmd || !strcmp(cmd, "logits"))
         fprintf(stderr,
@@ -841,11 +841,15 @@ static int cmd_bench(int argc, char **argv) {
         r = r * 6364136223846793005ull + 1442695040888963407ull;
         tok[i] = i == 0 ? info->bos_token_id % info->vocab_size : (int)((r >> 33) % (uint64_t)info->vocab_size);
     }
-    double bw = dseek_memory_bandwidth((size_t)512 << 20);
-    double pp[1000], tg[1000], tgm[1000];
+    /* The roofline: this machine's read bandwidth, measured around every timed decode and
+     * paired with it (a shared machine's bandwidth drifts over minutes: one probe at the
+     * start put the same decode speed anywhere from 56% to 85% of it) */
+    const size_t probe = (size_t)512 << 20;
+    double bw = dseek_memory_bandwidth(probe), bw_lo = bw, bw_hi = bw, bw_sum = 0;
+    double pp[1000] = {0}, tg[1000] = {0}, tgm[1000] = {0}, pct[1000] = {0};
     dseek_gen_stats st = {0}, stm = {0};
     dseek_profile dprof = {0}, pprof = {0}; /* where the fastest plain decode / prefill spent its time */
-    double best_t = 0, best_pt = 0;
+    double best_t = 0, best_pt = 0, bw_after = 0;
     int mtp = info->n_mtp && !a.no_mtp;
     /* one untimed round first (as llama-bench does): fresh session buffers fault in, caches warm */
     if (P > 0) check(s, dseek_forward(s, tok, P, 0, NULL, 0));
@@ -866,7 +870,14 @@ static int cmd_bench(int argc, char **argv) {
         }
         if (N > 1) {
             dseek_profile p;
+            double before = rep ? bw_after : dseek_memory_bandwidth(probe);
             tg[rep] = bench_decode(s, info, tok, D, N, 0, &st, &p);
+            bw_after = dseek_memory_bandwidth(probe);
+            const double b = (before + bw_after) / 2;
+            bw_sum += b;
+            bw_lo = b < bw_lo ? b : bw_lo;
+            bw_hi = b > bw_hi ? b : bw_hi;
+            pct[rep] = b > 0 ? 100 * tg[rep] * (double)info->decode_bytes_per_token / b : 0;
             double tt = (N - 1) / tg[rep]; /* seconds of this decode */
             if (rep == 0 || tt < best_t) { best_t = tt; dprof = p; }
             if (mtp) tgm[rep] = bench_decode(s, info, tok, D, N, 1, &stm, &p);
@@ -876,18 +887,24 @@ static int cmd_bench(int argc, char **argv) {
     mean_sd(pp, R, &ppm, &pps);
     mean_sd(tg, R, &tgmn, &tgs);
     mean_sd(tgm, R, &tmm, &tms);
+    double pctm = 0, pcts = 0;
+    if (N > 1) {
+        bw = bw_sum / R; /* the mean of the decodes' bandwidths */
+        mean_sd(pct, R, &pctm, &pcts);
+    }
     double roof = bw > 0 ? bw / (double)info->decode_bytes_per_token : 0;
     int n_moe = 0;
     for (int l = 0; l < info->n_layers; l++) n_moe += dseek_layer_is_moe(m, l);
     long rss = rss_kib("VmHWM:");
     if (a.json) {
         printf("{\"model\": \"%s\", \"params\": %zu, \"model_bytes\": %zu, \"decode_bytes_per_token\": %zu, "
-               "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.2f, \"peak_rss_mib\": %.1f, \"weights_in\": \"%s\"}\n",
+               "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.2f, \"bandwidth_min_gbs\": %.2f, "
+               "\"bandwidth_max_gbs\": %.2f, \"peak_rss_mib\": %.1f, \"weights_in\": \"%s\"}\n",
                a.model, info->n_params, info->weight_bytes, info->decode_bytes_per_token, dseek_session_cache_bytes_per_token(s),
-               bw / 1e9, rss / 1024.0, info->weights_in);
+               bw / 1e9, bw_lo / 1e9, bw_hi / 1e9, rss / 1024.0, info->weights_in);
         if (P > 0) printf("{\"test\": \"pp%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d}\n", P, ppm, pps, R);
-        if (N > 1) printf("{\"test\": \"tg%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"depth\": %d, \"roofline_tokens_per_s\": %.3f, \"roofline_pct\": %.1f}\n",
-                          N, tgmn, tgs, R, D, roof, roof > 0 ? 100 * tgmn / roof : 0);
+        if (N > 1) printf("{\"test\": \"tg%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"depth\": %d, \"roofline_tokens_per_s\": %.3f, \"roofline_pct\": %.1f, \"roofline_pct_sd\": %.1f}\n",
+                          N, tgmn, tgs, R, D, roof, pctm, pcts);
         if (P > 0)
             printf("{\"test\": \"pp%d_parts\", \"ms\": %.3f, \"attention_ms\": %.3f, \"dense_mlp_ms\": %.3f, "
                    "\"moe_ms\": %.3f, \"experts_per_moe_layer\": %.2f}\n",
@@ -910,14 +927,18 @@ static int cmd_bench(int argc, char **argv) {
                a.model, info->n_params / 1e9, info->weight_bytes / 1073741824.0,
                info->decode_bytes_per_token / 1073741824.0, dseek_session_cache_bytes_per_token(s) / 1024.0,
                a.cache_type == DSEEK_CACHE_BF16 ? "bf16" : "f32");
-        printf("  weights in %s; memory read bandwidth (measured now): %.1f GB/s; peak resident memory %.1f MiB\n",
-               info->weights_in, bw / 1e9, rss / 1024.0);
+        if (N > 1)
+            printf("  weights in %s; memory read bandwidth around the decodes: %.1f GB/s (%.1f-%.1f); peak resident "
+                   "memory %.1f MiB\n", info->weights_in, bw / 1e9, bw_lo / 1e9, bw_hi / 1e9, rss / 1024.0);
+        else
+            printf("  weights in %s; memory read bandwidth (measured now): %.1f GB/s; peak resident memory %.1f MiB\n",
+                   info->weights_in, bw / 1e9, rss / 1024.0);
         if (P > 0) printf("pp%-5d %9.2f +- %.2f tok/s   (%d reps)\n", P, ppm, pps, R);
         if (N > 1) {
             char label[48]; /* tg128, or tg128 @ d4096 after a context of 4096 tokens */
             snprintf(label, sizeof label, D > 0 ? "tg%d @ d%d" : "tg%d", N, D);
-            printf("%-7s %9.2f +- %.2f tok/s   (%.0f%% of the %.2f tok/s bandwidth roofline)\n", label, tgmn, tgs,
-                   roof > 0 ? 100 * tgmn / roof : 0, roof);
+            printf("%-7s %9.2f +- %.2f tok/s   (%.0f%% +- %.0f of the bandwidth roofline, %.2f tok/s on average)\n",
+                   label, tgmn, tgs, pctm, pcts, roof);
         }
         if (P > 0)
             printf("          %.1f ms per prefill: attention %.1f, dense MLP %.1f, MoE %.1f (%.1f experts per layer)\n",

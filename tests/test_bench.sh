@@ -35,6 +35,14 @@ check(0 < parts <= tp["ms_per_token"] * 1.001 and tp["experts_per_moe_layer"] ==
       f"decode time split: parts {parts:.3f} ms within {tp['ms_per_token']:.3f} ms per token, 4 experts per MoE layer")
 check(all(tests[t]["tokens_per_s"] > 0 for t in ("pp16", "tg8", "tg8_mtp")), "positive speeds")
 check(info["bandwidth_gbs"] > 0 and info["peak_rss_mib"] > 0, "bandwidth and memory measured")
+# the roofline: the bandwidth measured around each decode, each decode's percentage of its own
+tg, bmin, bmax = tests["tg8"], info["bandwidth_min_gbs"], info["bandwidth_max_gbs"]
+lo = 100 * tg["tokens_per_s"] * info["decode_bytes_per_token"] / (bmax * 1e9)
+hi = 100 * tg["tokens_per_s"] * info["decode_bytes_per_token"] / (bmin * 1e9)
+check(0 < bmin <= info["bandwidth_gbs"] <= bmax and tg["roofline_pct_sd"] >= 0 and
+      abs(tg["roofline_tokens_per_s"] * info["decode_bytes_per_token"] - info["bandwidth_gbs"] * 1e9) < 1e-3 * info["bandwidth_gbs"] * 1e9 and
+      lo - 0.06 <= tg["roofline_pct"] <= hi + 0.06,  # a mean of ratios with denominators in [bmin, bmax]
+      f"roofline {tg['roofline_pct']}% +- {tg['roofline_pct_sd']} of {bmin}-{bmax} GB/s (from the speed alone {lo:.1f}-{hi:.1f}%)")
 loads = {f: json.load(open(f"{tmp}/load{f}.json")).get("weights_in") for f in ("--mmap", "--lazy-mmap", "--no-mmap")}
 check(info["weights_in"] == "huge-page memory" and loads == {"--mmap": "mmap", "--lazy-mmap": "mmap, lazy", "--no-mmap": "huge-page memory"},
       f"weights in: default {info['weights_in']!r}, {loads}")
