@@ -97,9 +97,10 @@ for name, src, t, v, idx in [
     check(name + ": --check-tensors names it", logits(d, "--check-tensors"), ST, t, kind)
 # quantizing: a NaN among finite weights is refused, never quantized as a 0 (a block's
 # largest |w| found by comparisons alone skips a NaN); with Inf as above
-for name, t, v, idx in [("NaN in a bf16 o_proj", "model.layers.0.self_attn.o_proj.weight", NAN, 10),
-                        ("NaN in a bf16 expert", "model.layers.1.mlp.experts.0.down_proj.weight", NAN, 33)]:
-    d = variant(bf, "q_" + t)
+for name, src, t, v, idx in [("NaN in a bf16 o_proj", bf, "model.layers.0.self_attn.o_proj.weight", NAN, 10),
+                             ("NaN in a bf16 expert", bf, "model.layers.1.mlp.experts.0.down_proj.weight", NAN, 33),
+                             ("NaN byte in an fp8 expert", fp, "model.layers.1.mlp.experts.0.up_proj.weight", 0x7F, 37)]:
+    d = variant(src, "q_" + t)
     poke(d, t, v, idx)
     for ty in ("q8_0", "q4_0", "q4_k"):
         check(f"{name}: quantize --type {ty} refuses", ["quantize", "-m", d, "-o", os.path.join(tmp, "qout_" + ty),
