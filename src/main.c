@@ -845,7 +845,8 @@ static int cmd_bench(int argc, char **argv) {
      * paired with it (a shared machine's bandwidth drifts over minutes: one probe at the
      * start put the same decode speed anywhere from 56% to 85% of it) */
     const size_t probe = (size_t)512 << 20;
-    double bw = dseek_memory_bandwidth(probe), bw_lo = bw, bw_hi = bw, bw_sum = 0;
+    double bw = dseek_memory_bandwidth(probe), bw_sum = 0;
+    double bw_lo = N > 1 ? 1e300 : bw, bw_hi = N > 1 ? 0 : bw; /* the range of the decodes' bandwidths */
     double pp[1000] = {0}, tg[1000] = {0}, tgm[1000] = {0}, pct[1000] = {0};
     dseek_gen_stats st = {0}, stm = {0};
     dseek_profile dprof = {0}, pprof = {0}; /* where the fastest plain decode / prefill spent its time */
