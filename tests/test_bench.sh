@@ -41,7 +41,9 @@ lo = 100 * tg["tokens_per_s"] * info["decode_bytes_per_token"] / (bmax * 1e9)
 hi = 100 * tg["tokens_per_s"] * info["decode_bytes_per_token"] / (bmin * 1e9)
 check(0 < bmin <= info["bandwidth_gbs"] <= bmax and tg["roofline_pct_sd"] >= 0 and
       abs(tg["roofline_tokens_per_s"] * info["decode_bytes_per_token"] - info["bandwidth_gbs"] * 1e9) < 1e-3 * info["bandwidth_gbs"] * 1e9 and
-      lo - 0.06 <= tg["roofline_pct"] <= hi + 0.06,  # a mean of ratios with denominators in [bmin, bmax]
+      # a mean of ratios with denominators in [bmin, bmax] (printed rounded: 1% for a slow
+      # sanitized build's few GB/s)
+      lo * 0.99 - 0.06 <= tg["roofline_pct"] <= hi * 1.01 + 0.06,
       f"roofline {tg['roofline_pct']}% +- {tg['roofline_pct_sd']} of {bmin}-{bmax} GB/s (from the speed alone {lo:.1f}-{hi:.1f}%)")
 loads = {f: json.load(open(f"{tmp}/load{f}.json")).get("weights_in") for f in ("--mmap", "--lazy-mmap", "--no-mmap")}
 check(info["weights_in"] == "huge-page memory" and loads == {"--mmap": "mmap", "--lazy-mmap": "mmap, lazy", "--no-mmap": "huge-page memory"},
