@@ -899,8 +899,8 @@ static int cmd_bench(int argc, char **argv) {
     long rss = rss_kib("VmHWM:");
     if (a.json) {
         printf("{\"model\": \"%s\", \"params\": %zu, \"model_bytes\": %zu, \"decode_bytes_per_token\": %zu, "
-               "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.2f, \"bandwidth_min_gbs\": %.2f, "
-               "\"bandwidth_max_gbs\": %.2f, \"peak_rss_mib\": %.1f, \"weights_in\": \"%s\"}\n",
+               "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.3f, \"bandwidth_min_gbs\": %.3f, "
+               "\"bandwidth_max_gbs\": %.3f, \"peak_rss_mib\": %.1f, \"weights_in\": \"%s\"}\n",
                a.model, info->n_params, info->weight_bytes, info->decode_bytes_per_token, dseek_session_cache_bytes_per_token(s),
                bw / 1e9, bw_lo / 1e9, bw_hi / 1e9, rss / 1024.0, info->weights_in);
         if (P > 0) printf("{\"test\": \"pp%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d}\n", P, ppm, pps, R);

@@ -40,7 +40,7 @@ tg, bmin, bmax = tests["tg8"], info["bandwidth_min_gbs"], info["bandwidth_max_gb
 lo = 100 * tg["tokens_per_s"] * info["decode_bytes_per_token"] / (bmax * 1e9)
 hi = 100 * tg["tokens_per_s"] * info["decode_bytes_per_token"] / (bmin * 1e9)
 check(0 < bmin <= info["bandwidth_gbs"] <= bmax and tg["roofline_pct_sd"] >= 0 and
-      abs(tg["roofline_tokens_per_s"] * info["decode_bytes_per_token"] - info["bandwidth_gbs"] * 1e9) < 1e-3 * info["bandwidth_gbs"] * 1e9 and
+      abs(tg["roofline_tokens_per_s"] * info["decode_bytes_per_token"] - info["bandwidth_gbs"] * 1e9) < 1e-2 * info["bandwidth_gbs"] * 1e9 and
       # a mean of ratios with denominators in [bmin, bmax] (printed rounded: 1% for a slow
       # sanitized build's few GB/s)
       lo * 0.99 - 0.06 <= tg["roofline_pct"] <= hi * 1.01 + 0.06,
