@@ -101,11 +101,11 @@ if [ -d "$CASES" ]; then
       else bad "$c $t $mode: $(cat "$tmp/err")"; fi
     done
     cp "$tmp/q.npy" "$tmp/cmp_${c}_$t.npy"; cp "$dir/ref/logits_decode.npy" "$tmp/cmp_${c}_ref.npy"
-    # --quant at load = the file, bit for bit
-    ./dseek logits -m "$dir" --quant $t --tokens "$T" -o "$tmp/m.npy" --decode -t 2 2>/dev/null
+    # --quant at load = the file, bit for bit (with --mlock, which also locks what --quant made)
+    ./dseek logits -m "$dir" --quant $t --mlock --tokens "$T" -o "$tmp/m.npy" --decode -t 2 2>/dev/null
     ./dseek logits -m "$q" --tokens "$T" -o "$tmp/f.npy" --decode -t 1 2>/dev/null
     cmp -s "$tmp/m.npy" "$tmp/q.npy" && cmp -s "$tmp/f.npy" "$tmp/q.npy" \
-      && ok "$c $t: --quant at load = quantized file, 1 thread = 2 threads (bit for bit)" \
+      && ok "$c $t: --quant --mlock at load = quantized file, 1 thread = 2 threads (bit for bit)" \
       || bad "$c $t: --quant at load or thread count changes the logits"
     if [ -f "$dir/ref/mtp_logits.npy" ]; then
       if ./dseek logits -m "$q" --tokens "$T" --mtp -o "$tmp/mtp.npy" 2>"$tmp/err"; then
