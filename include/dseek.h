@@ -88,6 +88,9 @@ int dseek_quantize(const char *dir, const char *out_dir, int quant, int progress
 /* The matrix-product kernels in use: "avx512-vnni", "avx2" or "portable" (the best this CPU
  * runs, or what the environment variable DSEEK_KERNEL names, for tests). */
 const char *dseek_kernel_name(void);
+/* 1 if the weight-streaming loops prefetch each page ahead (on by default but on AMD family
+ * 19h, where it reads slower; DSEEK_PAGE_PREFETCH=0|1 decides instead), else 0. */
+int dseek_page_prefetch(void);
 const dseek_info *dseek_model_info(const dseek_model *m);
 /* 1 if decoder layer li (MTP layers follow the main ones) is a MoE layer. */
 int dseek_layer_is_moe(const dseek_model *m, int li);

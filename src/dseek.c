@@ -2205,9 +2205,12 @@ void dseek_set_threads(int n) {
  * 64 KiB read the experts 9% faster than 16. `step` is the bytes the caller moves on by:
  * the page starts in (p + PAGE_AHEAD, p + PAGE_AHEAD + step] are asked for. */
 enum { PAGE_AHEAD = 32768 };
+/* Whether the streaming loops prefetch pages ahead at all (page_prefetch_init). */
+static int page_prefetch = 1;
 /* prefetches the first line of every page that starts in (a, b] */
 static inline void prefetch_page_starts(uintptr_t a, uintptr_t b) {
 #if defined(__GNUC__)
+    if (!page_prefetch) return;
     for (uintptr_t q = (a | 4095) + 1; q <= b; q += 4096) __builtin_prefetch((const void *)q);
 #else
     (void)a, (void)b;
@@ -2981,11 +2984,31 @@ static int qkernel_supported(int i) {
     return qkernels[i].fn == qgroup_portable;
 }
 
+/* The page prefetch helps on some CPUs and hurts on others: on a Zen 5 VM it made the
+ * full-size decode 1.24-1.4x faster, on a Zen 4 VM (AMD family 19h) the one-token kernels
+ * read 3-15% slower with it and a plain read 10-25% slower, alternating in one process.
+ * Off on family 19h, on elsewhere; DSEEK_PAGE_PREFETCH=0|1 decides instead. */
+static void page_prefetch_init(void) {
+    const char *e = getenv("DSEEK_PAGE_PREFETCH");
+    if (e && (!strcmp(e, "0") || !strcmp(e, "1"))) {
+        page_prefetch = *e == '1';
+        return;
+    }
+#ifdef DS_X86
+    unsigned a, b, c, d;
+    if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541 /* "Auth"enticAMD */ && __get_cpuid(1, &a, &b, &c, &d)) {
+        const unsigned family = (a >> 8 & 0xf) + (a >> 20 & 0xff);
+        page_prefetch = family != 0x19;
+    }
+#endif
+}
+
 /* Picks the best kernel this CPU runs, or the one DSEEK_KERNEL names (an error if this CPU
  * or build cannot run it: never a silent substitute). */
 static int qkernels_init(char *err, size_t errlen) {
     const char *want = getenv("DSEEK_KERNEL");
     const int n = (int)(sizeof qkernels / sizeof qkernels[0]);
+    page_prefetch_init();
     for (int i = 0; i < n; i++) {
         if (want && *want && strcmp(want, qkernels[i].name)) continue;
         if (qkernel_supported(i)) { qkernel = i; return 0; }
@@ -2999,6 +3022,11 @@ static int qkernels_init(char *err, size_t errlen) {
 const char *dseek_kernel_name(void) {
     if (qkernel < 0 && qkernels_init(NULL, 0)) return "none";
     return qkernels[qkernel].name;
+}
+
+int dseek_page_prefetch(void) {
+    if (qkernel < 0) qkernels_init(NULL, 0);
+    return page_prefetch;
 }
 
 /* The activations of a from row `row` on (a view, nothing copied). */

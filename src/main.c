@@ -900,9 +900,10 @@ static int cmd_bench(int argc, char **argv) {
     if (a.json) {
         printf("{\"model\": \"%s\", \"params\": %zu, \"model_bytes\": %zu, \"decode_bytes_per_token\": %zu, "
                "\"cache_bytes_per_token\": %zu, \"bandwidth_gbs\": %.3f, \"bandwidth_min_gbs\": %.3f, "
-               "\"bandwidth_max_gbs\": %.3f, \"peak_rss_mib\": %.1f, \"weights_in\": \"%s\"}\n",
+               "\"bandwidth_max_gbs\": %.3f, \"peak_rss_mib\": %.1f, \"weights_in\": \"%s\", \"kernel\": \"%s\", "
+               "\"page_prefetch\": %d}\n",
                a.model, info->n_params, info->weight_bytes, info->decode_bytes_per_token, dseek_session_cache_bytes_per_token(s),
-               bw / 1e9, bw_lo / 1e9, bw_hi / 1e9, rss / 1024.0, info->weights_in);
+               bw / 1e9, bw_lo / 1e9, bw_hi / 1e9, rss / 1024.0, info->weights_in, dseek_kernel_name(), dseek_page_prefetch());
         if (P > 0) printf("{\"test\": \"pp%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d}\n", P, ppm, pps, R);
         if (N > 1) printf("{\"test\": \"tg%d\", \"tokens_per_s\": %.3f, \"sd\": %.3f, \"reps\": %d, \"depth\": %d, \"roofline_tokens_per_s\": %.3f, \"roofline_pct\": %.1f, \"roofline_pct_sd\": %.1f}\n",
                           N, tgmn, tgs, R, D, roof, pctm, pcts);
@@ -934,6 +935,7 @@ static int cmd_bench(int argc, char **argv) {
         else
             printf("  weights in %s; memory read bandwidth (measured now): %.1f GB/s; peak resident memory %.1f MiB\n",
                    info->weights_in, bw / 1e9, rss / 1024.0);
+        printf("  kernels %s, page prefetch %s\n", dseek_kernel_name(), dseek_page_prefetch() ? "on" : "off");
         if (P > 0) printf("pp%-5d %9.2f +- %.2f tok/s   (%d reps)\n", P, ppm, pps, R);
         if (N > 1) {
             char label[48]; /* tg128, or tg128 @ d4096 after a context of 4096 tokens */

@@ -17,6 +17,10 @@ done
 # the cache type: bf16 halves the latent cache per token; an unknown type is a one-line error
 ./dseek bench -m "$tmp/m" -p 4 -n 2 -r 1 --no-mtp --json --cache-type bf16 2>/dev/null | head -1 >"$tmp/bf16.json"
 ./dseek bench -m "$tmp/m" -p 4 -n 2 -r 1 --cache-type f16 >/dev/null 2>"$tmp/ct.err"; echo $? >"$tmp/ct.rc"
+# the page prefetch as the environment sets it, reported with the kernels
+for p in 0 1; do
+  DSEEK_PAGE_PREFETCH=$p ./dseek bench -m "$tmp/m" -p 4 -n 2 -r 1 --no-mtp --json 2>/dev/null | head -1 >"$tmp/pf$p.json"
+done
 /usr/bin/python3 - "$tmp/m" "$tmp/out.json" "$tmp/out.txt" "$tmp" <<'PYEOF'
 import json, struct, sys
 d, out, txt, tmp = sys.argv[1:]
@@ -48,6 +52,9 @@ check(0 < bmin <= info["bandwidth_gbs"] <= bmax and tg["roofline_pct_sd"] >= 0 a
 loads = {f: json.load(open(f"{tmp}/load{f}.json")).get("weights_in") for f in ("--mmap", "--lazy-mmap", "--no-mmap")}
 check(info["weights_in"] == "huge-page memory" and loads == {"--mmap": "mmap", "--lazy-mmap": "mmap, lazy", "--no-mmap": "huge-page memory"},
       f"weights in: default {info['weights_in']!r}, {loads}")
+pf = [json.load(open(f"{tmp}/pf{p}.json")).get("page_prefetch") for p in (0, 1)]
+check(info["kernel"] in ("avx512-vnni", "avx2", "portable") and info["page_prefetch"] in (0, 1) and pf == [0, 1],
+      f"kernels {info['kernel']}, page prefetch {info['page_prefetch']} (DSEEK_PAGE_PREFETCH=0/1: {pf})")
 check(tests["mtp_cost"]["verify_over_forward"] > 0 and tests["mtp_cost"]["experts_per_moe_layer_1tok"] == 4,
       f"mtp cost: {tests['mtp_cost']['experts_per_moe_layer_1tok']} experts per MoE layer for 1 token (k=4)")
 c = json.load(open(d + "/config.json"))
@@ -76,7 +83,7 @@ for l in range(c["num_hidden_layers"]):
         want += c["n_routed_experts"] * c["hidden_size"] * 4
 check(info["decode_bytes_per_token"] == want, f"decode bytes per token {info['decode_bytes_per_token']} == {want} from the header")
 t = open(txt).read()
-check("pp16" in t and "tg8" in t and "roofline" in t and "mtp cost" in t and "weights in huge-page memory" in t,
+check("pp16" in t and "tg8" in t and "roofline" in t and "mtp cost" in t and "weights in huge-page memory" in t and "page prefetch" in t,
       "text report has pp, tg, roofline, mtp cost, where the weights are")
 print(f"test_bench: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -8,7 +8,8 @@
 #   3. accuracy against float32, with bounds measured and stated below: on ../shared/cases
 #      (against DeepSeek's reference logits) and on a 256-token sequence the float model
 #      generated itself (teacher-forced), for bf16, fp8 (partial 128-blocks) and f16 sources;
-#   4. consistency: every kernel (DSEEK_KERNEL) and 1 or 2 threads give the same logits;
+#   4. consistency: every kernel (DSEEK_KERNEL), page prefetch on or off and 1 or 2 threads
+#      give the same logits;
 #      one prefill of 256 tokens = chunks of 8 = one token at a time; greedy output identical
 #      with and without MTP;
 #   5. malformed quantized files and bad quantize arguments: one line naming file and
@@ -265,6 +266,11 @@ for t in q8_0 q4_0 q4_k; do
       cmp -s "$tmp/k.npy" "$tmp/k_best.npy" && ok "$t: DSEEK_KERNEL=$k = default kernel, 256 tokens bit for bit" || bad "$t: DSEEK_KERNEL=$k differs"
     elif grep -q "cannot run it" "$tmp/err"; then echo "skip $t DSEEK_KERNEL=$k: $(cat "$tmp/err")"
     else bad "$t DSEEK_KERNEL=$k: $(cat "$tmp/err")"; fi
+  done
+  # the page prefetch (on or off by CPU) only moves bytes earlier: both give the default's bits
+  for p in 0 1; do
+    DSEEK_PAGE_PREFETCH=$p ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/k.npy" --decode 2>/dev/null
+    cmp -s "$tmp/k.npy" "$tmp/k_best.npy" && ok "$t: DSEEK_PAGE_PREFETCH=$p = default, 256 tokens bit for bit" || bad "$t: DSEEK_PAGE_PREFETCH=$p differs"
   done
   ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/c8.npy" --chunk 8 2>/dev/null
   ./dseek logits -m "$tmp/v3_$t" --tokens "$L" -o "$tmp/pf.npy" 2>/dev/null
