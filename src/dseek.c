@@ -2238,6 +2238,7 @@ static inline void prefetch_pages(const void *p, size_t n) {
  * had. The sum runs in independent lanes: one float accumulator would make the loop wait
  * on the adder (4 cycles a float) and measure that instead of memory. */
 double dseek_memory_bandwidth(size_t bytes) {
+    (void)dseek_page_prefetch(); /* settles page_prefetch when no model has opened yet */
     size_t n = bytes / sizeof(float) / 64 * 64;
     float *buf = NULL;
     /* in huge pages, as the weights are (DSEEK_LOAD_READ): in a virtual machine the page
