@@ -7,7 +7,8 @@ suites=0; failed=0
 run() {
   local name=$1; shift
   echo "=== $name"
-  if "$@"; then echo "=== $name: PASS"; else echo "=== $name: FAIL"; failed=$((failed+1)); fi
+  local t0=$SECONDS
+  if "$@"; then echo "=== $name: PASS ($((SECONDS-t0)) s)"; else echo "=== $name: FAIL ($((SECONDS-t0)) s)"; failed=$((failed+1)); fi
   suites=$((suites+1))
 }
 run reference-python bash tests/test_ref_py.sh
