@@ -2225,6 +2225,7 @@ static inline void prefetch_page_ahead(const void *p, size_t step) {
  * the first). */
 static inline void prefetch_pages(const void *p, size_t n) {
 #if defined(__GNUC__)
+    if (!page_prefetch) return;
     __builtin_prefetch(p);
 #endif
     prefetch_page_starts((uintptr_t)p, (uintptr_t)p + n - 1);

@@ -84,7 +84,7 @@ for l in range(c["num_hidden_layers"]):
 check(info["decode_bytes_per_token"] == want, f"decode bytes per token {info['decode_bytes_per_token']} == {want} from the header")
 t = open(txt).read()
 check("pp16" in t and "tg8" in t and "roofline" in t and "mtp cost" in t and "weights in huge-page memory" in t and "page prefetch" in t,
-      "text report has pp, tg, roofline, mtp cost, where the weights are")
+      "text report has pp, tg, roofline, mtp cost, where the weights are, kernels and page prefetch")
 print(f"test_bench: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 PYEOF
