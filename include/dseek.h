@@ -321,8 +321,20 @@ void dseek_think_flush(dseek_think *t, dseek_think_cb cb, void *ud);
 
 /* ---- machine ---- */
 
-/* Measured read bandwidth in bytes/s over a buffer of `bytes` (0 on failure). */
+/* Measured read bandwidth in bytes/s over a buffer of `bytes`: the best of six passes, a
+ * burst figure (0 on failure). */
 double dseek_memory_bandwidth(size_t bytes);
+
+/* A read-bandwidth probe for sampling bandwidth between other work (the bench interleaves
+ * passes with decoded tokens): a buffer of about `bytes` in huge pages (NULL: no memory),
+ * read in parallel, one whole pass per call. dseek_bw_probe_pass returns the seconds of one
+ * pass; page_prefetch != 0 reads it touching pages ahead as the kernels do (a plain read
+ * when the engine's page prefetch is off). */
+typedef struct dseek_bw_probe dseek_bw_probe;
+dseek_bw_probe *dseek_bw_probe_new(size_t bytes);
+size_t dseek_bw_probe_bytes(const dseek_bw_probe *p);
+double dseek_bw_probe_pass(dseek_bw_probe *p, int page_prefetch);
+void dseek_bw_probe_free(dseek_bw_probe *p);
 
 /* ---- threads ---- */
 

@@ -2231,50 +2231,83 @@ static inline void prefetch_pages(const void *p, size_t n) {
     prefetch_page_starts((uintptr_t)p, (uintptr_t)p + n - 1);
 }
 
-/* Read bandwidth of this machine in bytes/s: the best of several parallel passes summing a
- * buffer of `bytes` (for the bench's roofline). Passes alternate between a plain read and
- * one that touches each page ahead as the kernels do: which is faster depends on the CPU
+/* A buffer for measuring this machine's read bandwidth (the bench's roofline): parallel
+ * passes summing it, timed. A pass is either a plain read or one that touches each page
+ * ahead as the kernels do (with the page prefetch on): which is faster depends on the CPU
  * (Zen 5 VM: the page prefetch reads 20-30% faster; Zen 4 VM: 5-10% slower), and the
- * roofline must be the machine's best read either way. Returns 0 if the buffer cannot be
- * had. The sum runs in independent lanes: one float accumulator would make the loop wait
- * on the adder (4 cycles a float) and measure that instead of memory. */
-double dseek_memory_bandwidth(size_t bytes) {
+ * roofline must be the machine's best read either way. The sum runs in independent lanes:
+ * one float accumulator would make the loop wait on the adder (4 cycles a float) and
+ * measure that instead of memory. */
+struct dseek_bw_probe {
+    float *buf;
+    size_t n; /* floats, a multiple of 64 */
+    double sink;
+};
+
+dseek_bw_probe *dseek_bw_probe_new(size_t bytes) {
     (void)dseek_page_prefetch(); /* settles page_prefetch when no model has opened yet */
-    size_t n = bytes / sizeof(float) / 64 * 64;
-    float *buf = NULL;
+    dseek_bw_probe *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->n = bytes / sizeof(float) / 64 * 64;
     /* in huge pages, as the weights are (DSEEK_LOAD_READ): in a virtual machine the page
      * walks of 4 KiB pages cost a streaming read up to half its speed */
-    if (!n || posix_memalign((void **)&buf, (size_t)2 << 20, n * sizeof(float))) return 0;
-#ifdef MADV_HUGEPAGE
-    madvise(buf, n * sizeof(float), MADV_HUGEPAGE);
-#endif
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 1023) * 1e-3f;
-    double best = 0, sink = 0;
-    for (int pass = 0; pass < 6; pass++) {
-        const int ahead = pass & 1;
-        struct timespec a, b;
-        clock_gettime(CLOCK_MONOTONIC, &a);
-        float sum = 0;
-#pragma omp parallel reduction(+ : sum)
-        {
-            /* 64 independent sums (four vector registers' worth), so the adds never wait on
-             * each other and only the memory limits the loop */
-            float acc[64] = {0};
-#pragma omp for schedule(static)
-            for (size_t i = 0; i < n; i += 64) {
-                if (ahead) prefetch_page_ahead(buf + i, 64 * sizeof(float));
-                for (int k = 0; k < 64; k++) acc[k] += buf[i + k];
-            }
-            for (int k = 0; k < 64; k++) sum += acc[k];
-        }
-        clock_gettime(CLOCK_MONOTONIC, &b);
-        sink += sum;
-        double t = (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
-        if (t > 0 && n * sizeof(float) / t > best) best = (double)(n * sizeof(float)) / t;
+    if (!p->n || posix_memalign((void **)&p->buf, (size_t)2 << 20, p->n * sizeof(float))) {
+        free(p);
+        return NULL;
     }
-    free(buf);
-    return sink == -1.0 ? 0 : best; /* the sum is used so the reads stay */
+#ifdef MADV_HUGEPAGE
+    madvise(p->buf, p->n * sizeof(float), MADV_HUGEPAGE);
+#endif
+    float *buf = p->buf;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < p->n; i++) buf[i] = (float)(i & 1023) * 1e-3f;
+    return p;
+}
+
+size_t dseek_bw_probe_bytes(const dseek_bw_probe *p) { return p->n * sizeof(float); }
+
+double dseek_bw_probe_pass(dseek_bw_probe *p, int ahead) {
+    const float *buf = p->buf;
+    const size_t n = p->n;
+    ahead = ahead && page_prefetch;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    float sum = 0;
+#pragma omp parallel reduction(+ : sum)
+    {
+        /* 64 independent sums (four vector registers' worth), so the adds never wait on
+         * each other and only the memory limits the loop */
+        float acc[64] = {0};
+#pragma omp for schedule(static)
+        for (size_t i = 0; i < n; i += 64) {
+            if (ahead) prefetch_page_ahead(buf + i, 64 * sizeof(float));
+            for (int k = 0; k < 64; k++) acc[k] += buf[i + k];
+        }
+        for (int k = 0; k < 64; k++) sum += acc[k];
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    p->sink += sum; /* the sum is kept so the reads stay */
+    return (double)(b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) * 1e-9;
+}
+
+void dseek_bw_probe_free(dseek_bw_probe *p) {
+    if (!p) return;
+    free(p->buf);
+    free(p);
+}
+
+/* The best of six passes, plain and page-prefetched in turn: a burst figure, an upper
+ * bound of what a sustained read gets at the moment. */
+double dseek_memory_bandwidth(size_t bytes) {
+    dseek_bw_probe *p = dseek_bw_probe_new(bytes);
+    if (!p) return 0;
+    double best = 0;
+    for (int pass = 0; pass < 6; pass++) {
+        const double t = dseek_bw_probe_pass(p, pass & 1);
+        if (t > 0 && dseek_bw_probe_bytes(p) / t > best) best = dseek_bw_probe_bytes(p) / t;
+    }
+    dseek_bw_probe_free(p);
+    return best;
 }
 
 /* ----------------------------------------------------------------------------
