@@ -727,9 +727,6 @@ static dseek_profile prof_delta(dseek_profile a, dseek_profile b) {
                            b.mtp - a.mtp, b.experts_run - a.experts_run, b.mtp_experts_run - a.mtp_experts_run};
 }
 
-/* Decodes n tokens after bos; returns tokens/s over the steps and fills st. */
-/* Decodes n tokens greedily after a context of `depth` tokens (tok[0..depth), untimed; none:
- * the BOS token alone) and returns the decoded tokens per second. */
 /* Read bandwidth sampled between the decoded tokens of a bench decode: one probe pass after
  * every step (plain and page-prefetched in turn when the page prefetch is on), so the
  * decode and the bandwidth it is held against are means over the same stretch of time. */
@@ -749,8 +746,9 @@ static double bw_rate(const BwSample *b) {
     return r;
 }
 
-/* Decodes n tokens after a context of `depth` (or BOS); returns tokens/s over the steps'
- * own time. With bw, a probe pass follows every step (untimed for the decode). */
+/* Decodes n tokens greedily after a context of `depth` tokens (tok[0..depth), untimed; none:
+ * the BOS token alone), fills st and prof, and returns the decoded tokens per second over
+ * the steps' own time. With bw, a probe pass follows every step (untimed for the decode). */
 static double bench_decode(dseek_session *s, const dseek_info *info, const int *tok, int depth, int n, int mtp,
                            dseek_gen_stats *st, dseek_profile *prof, BwSample *bw) {
     dseek_sampler_cfg sc = {.temperature = 0, .top_p = 1};
