@@ -2303,8 +2303,8 @@ double dseek_memory_bandwidth(size_t bytes) {
     if (!p) return 0;
     double best = 0;
     for (int pass = 0; pass < 6; pass++) {
-        const double t = dseek_bw_probe_pass(p, pass & 1);
-        if (t > 0 && dseek_bw_probe_bytes(p) / t > best) best = dseek_bw_probe_bytes(p) / t;
+        const double t = dseek_bw_probe_pass(p, pass & 1), rate = t > 0 ? dseek_bw_probe_bytes(p) / t : 0;
+        best = rate > best ? rate : best;
     }
     dseek_bw_probe_free(p);
     return best;

@@ -740,9 +740,10 @@ typedef struct {
 /* The better kind's mean rate in bytes/s (0 without passes). */
 static double bw_rate(const BwSample *b) {
     double r = 0;
-    for (int k = 0; k < 2; k++)
-        if (b->n[k] && b->t[k] > 0 && b->n[k] * (double)dseek_bw_probe_bytes(b->p) / b->t[k] > r)
-            r = b->n[k] * (double)dseek_bw_probe_bytes(b->p) / b->t[k];
+    for (int k = 0; k < 2; k++) {
+        const double rk = b->t[k] > 0 ? b->n[k] * (double)dseek_bw_probe_bytes(b->p) / b->t[k] : 0;
+        r = rk > r ? rk : r;
+    }
     return r;
 }
 
@@ -767,10 +768,10 @@ static double bench_decode(dseek_session *s, const dseek_info *info, const int *
         got += k;
         if (bw) {
             const int kind = dseek_page_prefetch() ? (bw->n[0] + bw->n[1]) & 1 : 0;
-            const double pt = dseek_bw_probe_pass(bw->p, kind);
+            const double pt = dseek_bw_probe_pass(bw->p, kind), rate = pt > 0 ? dseek_bw_probe_bytes(bw->p) / pt : 0;
             bw->t[kind] += pt;
             bw->n[kind]++;
-            if (pt > 0 && dseek_bw_probe_bytes(bw->p) / pt > bw->best) bw->best = dseek_bw_probe_bytes(bw->p) / pt;
+            bw->best = rate > bw->best ? rate : bw->best;
         }
     }
     dseek_session_profile(s, prof);
@@ -876,8 +877,8 @@ static int cmd_bench(int argc, char **argv) {
      * during it, not against the fastest pass (reported beside it). Without a decode: the
      * best of six passes. */
     const size_t probe = (size_t)512 << 20;
-    BwSample bs = {0};
-    if (N > 1 && !(bs.p = dseek_bw_probe_new(probe)))
+    dseek_bw_probe *bp = N > 1 ? dseek_bw_probe_new(probe) : NULL;
+    if (N > 1 && !bp)
         fprintf(stderr, "dseek: bench: no memory for the 512 MB bandwidth probe: decode speeds without a roofline\n");
     double bw = N > 1 ? 0 : dseek_memory_bandwidth(probe), bw_sum = 0, bw_best = 0;
     double bw_lo = N > 1 ? 1e300 : bw, bw_hi = N > 1 ? 0 : bw; /* the range of the decodes' bandwidths */
@@ -905,8 +906,8 @@ static int cmd_bench(int argc, char **argv) {
         }
         if (N > 1) {
             dseek_profile p;
-            BwSample b1 = {bs.p, {0, 0}, {0, 0}, 0};
-            tg[rep] = bench_decode(s, info, tok, D, N, 0, &st, &p, bs.p ? &b1 : NULL);
+            BwSample b1 = {bp, {0, 0}, {0, 0}, 0};
+            tg[rep] = bench_decode(s, info, tok, D, N, 0, &st, &p, bp ? &b1 : NULL);
             const double b = bw_rate(&b1);
             bw_best = b1.best > bw_best ? b1.best : bw_best;
             bw_sum += b;
@@ -930,7 +931,7 @@ static int cmd_bench(int argc, char **argv) {
     double roof = bw > 0 ? bw / (double)info->decode_bytes_per_token : 0;
     /* the mean decode against the fastest single pass: a burst bound, for reference */
     double pct_best = bw_best > 0 ? 100 * tgmn * (double)info->decode_bytes_per_token / bw_best : 0;
-    dseek_bw_probe_free(bs.p);
+    dseek_bw_probe_free(bp);
     int n_moe = 0;
     for (int l = 0; l < info->n_layers; l++) n_moe += dseek_layer_is_moe(m, l);
     long rss = rss_kib("VmHWM:");
