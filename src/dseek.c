@@ -2485,6 +2485,16 @@ static void qgroup_portable(const uint8_t *w, size_t nb, int dt, const QAct *a, 
  * (0..15); the bias times the activation block sum is subtracted afterwards, which leaves
  * the exact isum. Up to 4 tokens share each weight load. */
 #define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
+
+/* acc + the unsigned bytes of w times the 4 signed bytes at p (every lane the same 4).
+ * The broadcast goes in the instruction's memory operand ({1to16}): from the intrinsics
+ * (_mm512_set1_epi32 of the 4 bytes) GCC emits a separate vpbroadcastd for each, and the
+ * one-token Q4_0 kernel ran 9-14% faster from cache without them (Zen 4, 1 and 2 threads). */
+typedef int32_t i32_any __attribute__((may_alias, aligned(1)));
+static inline __attribute__((always_inline)) AVX512_TARGET __m512i dpbusd_bcast(__m512i acc, __m512i w, const int8_t *p) {
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const i32_any *)p));
+    return acc;
+}
 static inline __attribute__((always_inline)) AVX512_TARGET void
 qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, const int NT, float *y, size_t ys, int nr) {
     const size_t tile = qtile_bytes(dt);
@@ -2511,11 +2521,8 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
                 __m512i v0 = _mm512_xor_si512(_mm512_loadu_si512(tl + 32 + 64 * k), bias8);
                 __m512i v1 = _mm512_xor_si512(_mm512_loadu_si512(tl + 96 + 64 * k), bias8);
                 for (int t = 0; t < NT; t++) {
-                    int32_t x0, x1;
-                    memcpy(&x0, xq[t] + b * QK + 4 * k, 4);
-                    memcpy(&x1, xq[t] + b * QK + 4 * k + 4, 4);
-                    i0[t] = _mm512_dpbusd_epi32(i0[t], v0, _mm512_set1_epi32(x0));
-                    i1[t] = _mm512_dpbusd_epi32(i1[t], v1, _mm512_set1_epi32(x1));
+                    i0[t] = dpbusd_bcast(i0[t], v0, xq[t] + b * QK + 4 * k);
+                    i1[t] = dpbusd_bcast(i1[t], v1, xq[t] + b * QK + 4 * k + 4);
                 }
             }
             for (int t = 0; t < NT; t++) isum[t] = _mm512_add_epi32(i0[t], i1[t]);
@@ -2531,11 +2538,8 @@ qgroup_avx512_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, cons
                 __m512i v = _mm512_loadu_si512(tl + 32 + 64 * k);
                 __m512i vl = _mm512_and_si512(v, lo4), vh = _mm512_and_si512(v, hi4);
                 for (int t = 0; t < NT; t++) {
-                    int32_t x0, x1;
-                    memcpy(&x0, xq[t] + b * QK + 4 * k, 4);
-                    memcpy(&x1, xq[t] + b * QK + 16 + 4 * k, 4);
-                    il[t] = _mm512_dpbusd_epi32(il[t], vl, _mm512_set1_epi32(x0));
-                    ih[t] = _mm512_dpbusd_epi32(ih[t], vh, _mm512_set1_epi32(x1));
+                    il[t] = dpbusd_bcast(il[t], vl, xq[t] + b * QK + 4 * k);
+                    ih[t] = dpbusd_bcast(ih[t], vh, xq[t] + b * QK + 16 + 4 * k);
                 }
             }
             for (int t = 0; t < NT; t++) isum[t] = _mm512_add_epi32(il[t], _mm512_srai_epi32(ih[t], 4));
@@ -2606,11 +2610,8 @@ q4k_avx512_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, f
                 __m512i v = _mm512_loadu_si512(p + 64 * k);
                 __m512i vl = _mm512_and_si512(v, lo4), vh = _mm512_and_si512(v, hi4);
                 for (int t = 0; t < NT; t++) {
-                    int32_t x0, x1;
-                    memcpy(&x0, xq[t] + b * QK + 4 * k, 4);
-                    memcpy(&x1, xq[t] + b * QK + 16 + 4 * k, 4);
-                    il[t] = _mm512_dpbusd_epi32(il[t], vl, _mm512_set1_epi32(x0));
-                    ih[t] = _mm512_dpbusd_epi32(ih[t], vh, _mm512_set1_epi32(x1));
+                    il[t] = dpbusd_bcast(il[t], vl, xq[t] + b * QK + 4 * k);
+                    ih[t] = dpbusd_bcast(ih[t], vh, xq[t] + b * QK + 16 + 4 * k);
                 }
             }
             for (int t = 0; t < NT; t++) {
