@@ -3792,7 +3792,7 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const void *cache, in
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
     const size_t qd = nope + rope;
     const size_t gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0);
-    const size_t gb_v = qgroup_bytes(ly->kv_b.dtype, R);
+    const size_t gb_v = qgroup_bytes(ly->kb_v.dtype, R);
     /* q_nope of every head into its activations: in parallel only for a few tokens or more
      * (one token's 2048 values take less time than starting the threads) */
 #pragma omp parallel for schedule(static) if (T >= 4)
