@@ -2212,15 +2212,16 @@ void dseek_set_threads(int n) {
 enum { PAGE_AHEAD = 32768 };
 /* Whether the streaming loops prefetch pages ahead at all (page_prefetch_init). */
 static int page_prefetch = 1;
-/* prefetches the first line of every page that starts in (a, b] */
-static inline void prefetch_page_starts(uintptr_t a, uintptr_t b) {
+/* prefetches the first line of every `stride`-byte block (a power of two) that starts in (a, b] */
+static inline void prefetch_starts(uintptr_t a, uintptr_t b, uintptr_t stride) {
 #if defined(__GNUC__)
     if (!page_prefetch) return;
-    for (uintptr_t q = (a | 4095) + 1; q <= b; q += 4096) __builtin_prefetch((const void *)q);
+    for (uintptr_t q = (a | (stride - 1)) + 1; q <= b; q += stride) __builtin_prefetch((const void *)q);
 #else
-    (void)a, (void)b;
+    (void)a, (void)b, (void)stride;
 #endif
 }
+static inline void prefetch_page_starts(uintptr_t a, uintptr_t b) { prefetch_starts(a, b, 4096); }
 
 static inline void prefetch_page_ahead(const void *p, size_t step) {
     prefetch_page_starts((uintptr_t)p + PAGE_AHEAD, (uintptr_t)p + PAGE_AHEAD + step);
@@ -2229,23 +2230,14 @@ static inline void prefetch_page_ahead(const void *p, size_t step) {
 /* A one-token stream also asks for every line LINE_AHEAD bytes before it reads it. The
  * int8 kernels do enough work per line that the hardware prefetchers alone fall behind:
  * Zen 5 VM, 2 threads, V2-Lite expert products from DRAM against a plain read in the same
- * process, Q4_0 0.86-0.92 of the read without, 1.0-1.1 with; Q4_K 0.49-0.56 -> 0.84-0.92;
+ * process, Q4_0 0.80-0.92 of the read without, 0.96-1.1 with; Q4_K 0.49-0.56 -> 0.84-0.97;
  * Q8_0 unchanged (4, 6 and 8 KiB ahead alike; 16 and 24 KiB worse in decode). Many-token
  * products compute long enough per line already: there it only cost (pp512 Q8_0 -15%), so
  * a kernel asks for lines only on its first pass over a row group (`lines`). */
 enum { LINE_AHEAD = 8192 };
-static inline void prefetch_lines(uintptr_t a, uintptr_t b) { /* the lines after a's, up to b's */
-#if defined(__GNUC__)
-    if (!page_prefetch) return;
-    for (uintptr_t q = (a | 63) + 1; q <= b; q += 64) __builtin_prefetch((const void *)q);
-#else
-    (void)a, (void)b;
-#endif
-}
-
 static inline void prefetch_ahead(const void *p, size_t step, int lines) {
     prefetch_page_ahead(p, step);
-    if (lines) prefetch_lines((uintptr_t)p + LINE_AHEAD, (uintptr_t)p + LINE_AHEAD + step);
+    if (lines) prefetch_starts((uintptr_t)p + LINE_AHEAD, (uintptr_t)p + LINE_AHEAD + step, 64);
 }
 
 /* The same for the pages of [p, p + n) themselves, where a stream starts (p's own line for
