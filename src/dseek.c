@@ -3163,18 +3163,28 @@ static void qjobs_steal(const QJob *job, const size_t *first, UnitRange *rg, siz
     }
 }
 
-/* Runs n quantized products in one parallel region (one fork and join instead of one per
- * product: in decode a MoE layer is a dozen small products); each output row comes from
- * the same kernel call whichever thread runs it, so the bits never depend on the split.
- * first[n + 1] is scratch. */
-static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
+/* The units of n products: first[j] is product j's first unit, first[n] (returned) the total. */
+static size_t qjobs_units(const QJob *job, int n, size_t *first) {
     /* units of unit_groups() row groups (the last of a product may have fewer) */
     first[0] = 0;
     for (int j = 0; j < n; j++) {
         const size_t ug = unit_groups(&job[j]);
         first[j + 1] = first[j] + ((job[j].w->rows + QR - 1) / QR + ug - 1) / ug;
     }
-    const size_t total = first[n];
+    return first[n];
+}
+
+/* Thread tid's own share of a one-token split of total units (inside the region). */
+static void qjobs_share(UnitRange *rg, size_t total, size_t nth, size_t tid) {
+    atomic_store(&rg[tid].range, range_pack(total * tid / nth, total * (tid + 1) / nth));
+}
+
+/* Runs n quantized products in one parallel region (one fork and join instead of one per
+ * product: in decode a MoE layer is a dozen small products); each output row comes from
+ * the same kernel call whichever thread runs it, so the bits never depend on the split.
+ * first[n + 1] is scratch. */
+static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
+    const size_t total = qjobs_units(job, n, first);
     int many = 0; /* tokens: prefill, MTP verify */
     for (int j = 0; j < n; j++) many |= job[j].T > 1;
     if (many) {
@@ -3199,7 +3209,7 @@ static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
     {
         size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
         DS_ASSERT(nth <= sizeof rg / sizeof rg[0]);
-        atomic_store(&rg[tid].range, range_pack(total * tid / nth, total * (tid + 1) / nth));
+        qjobs_share(rg, total, nth, tid);
 #pragma omp barrier
         qjobs_steal(job, first, rg, nth, tid);
     }
@@ -3438,8 +3448,8 @@ struct dseek_session {
     int *tcount, *trows;      /* per token its routed rows, in expert order [BT], [BT, k] */
     const MLP **jmlp;         /* per job: the expert, its first row, its rows [E + 1] */
     int *jrow, *jn;
-    QJob *qjobs;              /* [2 * (E + 1)] */
-    size_t *qfirst;           /* [2 * (E + 1) + 1] */
+    QJob *qjobs;              /* [3 * (E + 1)] */
+    size_t *qfirst;           /* [3 * (E + 1) + 2] */
     int *topk;                /* chosen experts [B, k] */
     float *topw;              /* their weights [B, k] */
     int *etok;                /* tokens routed to the expert being run [B] */
@@ -4142,12 +4152,107 @@ static void moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, fl
     }
 }
 
+/* Whether a MoE layer's shared expert and every routed one are quantized. */
+static int moe_all_quant(const Config *c, const Layer *ly) {
+    int q = !c->n_shared_experts || mlp_is_quant(&ly->shared);
+    for (int e = 0; e < c->n_routed_experts && q; e++) q = mlp_is_quant(&ly->experts[e]);
+    return q;
+}
+
+/* The MoE block of one token whose shared and routed experts are all quantized, in a single
+ * parallel region: the router's logits, the routing, the gate and up products of the
+ * shared and chosen experts, silu(gate) * up, the down products and the weighted sum, with
+ * a barrier between the steps instead of four fork-joins and the serial steps between
+ * them. The same calls in the same order per value as moe_forward with moe_experts_q give
+ * the same bits. */
+static void moe_decode_q(dseek_session *s, int li, const float *xn, float *y, int pos) {
+    const Layer *ly = &s->m->layers[li];
+    const Config *c = &s->m->c;
+    const size_t D = (size_t)c->hidden_size, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
+    const size_t Is = s->m->moe_inter, Ip = round_up(Is, QK);
+    const size_t ne = k + (c->n_shared_experts ? 1 : 0); /* experts run: the shared one first */
+    QJob *gu = s->qjobs, *dn = s->qjobs + 2 * ne;
+    size_t *fgu = s->qfirst, *fdn = s->qfirst + 2 * ne + 1, tgu = 0, tdn = 0;
+    UnitRange rg1[n_threads()], rg2[n_threads()];
+#pragma omp parallel
+    {
+        const size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
+        DS_ASSERT(nth <= sizeof rg1 / sizeof rg1[0]);
+#pragma omp for schedule(static)
+        for (size_t e = 0; e < E; e += 4) {
+            const size_t n4 = E - e < 4 ? E - e : 4;
+            prefetch_ahead(ly->router + e * D, n4 * D * sizeof(float), 1);
+            dot_f32_rows(ly->router + e * D, D, n4, xn, D, s->rlogits + e);
+        }
+#pragma omp single
+        {
+            route_token(c, s->rlogits, ly->router_bias, s->topk, s->topw);
+            if (s->route_log && pos < s->route_n)
+                memcpy(s->route_log + ((size_t)li * (size_t)s->route_n + (size_t)pos) * k, s->topk, k * sizeof(int));
+            /* chosen experts in increasing order, as moe_experts_q runs them */
+            int ord[k];
+            for (size_t i = 0; i < k; i++) ord[i] = (int)i;
+            for (size_t i = 1; i < k; i++)
+                for (size_t j = i; j > 0 && s->topk[ord[j - 1]] > s->topk[ord[j]]; j--) {
+                    int t = ord[j];
+                    ord[j] = ord[j - 1];
+                    ord[j - 1] = t;
+                }
+            QAct *qa = &s->sc.qa;
+            qact_quantize(qa, xn, D, 1);
+            for (size_t j = 0; j < ne; j++) {
+                const int slot = c->n_shared_experts ? (j ? ord[j - 1] : -1) : ord[j];
+                const MLP *f = slot < 0 ? &ly->shared : &ly->experts[s->topk[slot]];
+                const size_t I = f->gate.rows, Ipj = round_up(I, QK);
+                s->jmlp[j] = f;
+                s->hslot[j] = slot;
+                gu[2 * j] = (QJob){&f->gate, *qa, 1, s->hg + j * Is, Is};
+                gu[2 * j + 1] = (QJob){&f->up, *qa, 1, s->hu + j * Is, Is};
+                const QAct h = {s->qh.q + j * Ip, s->qh.d + j * (Ip / QK), s->qh.s + j * (Ip / QK), Ipj, Ipj / QK};
+                dn[j] = (QJob){&f->down, h, 1, s->hy + j * D, D};
+            }
+            s->prof.experts_run += (long)k;
+            tgu = qjobs_units(gu, 2 * (int)ne, fgu);
+            tdn = qjobs_units(dn, (int)ne, fdn);
+        }
+        qjobs_share(rg1, tgu, nth, tid);
+        qjobs_share(rg2, tdn, nth, tid);
+#pragma omp barrier
+        qjobs_steal(gu, fgu, rg1, nth, tid);
+#pragma omp barrier
+#pragma omp for schedule(static)
+        for (size_t j = 0; j < ne; j++) {
+            const size_t I = s->jmlp[j]->gate.rows;
+            float *g = s->hg + j * Is, *u = s->hu + j * Is;
+            for (size_t i = 0; i < I; i++) g[i] = silu(g[i]) * u[i];
+            QAct h = dn[j].a;
+            qact_quantize_ld(&h, g, Is, I, 1);
+        }
+        qjobs_steal(dn, fdn, rg2, nth, tid);
+#pragma omp barrier
+        /* y = shared + sum of w * expert in increasing expert order, split over d */
+#pragma omp for schedule(static)
+        for (size_t d0 = 0; d0 < D; d0 += 256) {
+            const size_t d1 = D - d0 < 256 ? D : d0 + 256;
+            for (size_t d = d0; d < d1; d++) y[d] = c->n_shared_experts ? s->hy[d] : 0;
+            for (size_t j = c->n_shared_experts ? 1 : 0; j < ne; j++) {
+                const float w = s->topw[s->hslot[j]], *ye = s->hy + j * D;
+                for (size_t d = d0; d < d1; d++) y[d] += w * ye[d];
+            }
+        }
+    }
+}
+
 /* MoE block: y = sum_i w_i Expert_i(x) + Shared(x). Tokens are grouped by expert so that each
  * chosen expert's weights are read once for all the tokens that chose it. */
 static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int T, int pos) {
     const Layer *ly = &s->m->layers[li];
     const Config *c = &s->m->c;
     const size_t D = (size_t)c->hidden_size, E = (size_t)c->n_routed_experts, k = (size_t)c->num_experts_per_tok;
+    if (T == 1 && moe_all_quant(c, ly)) {
+        moe_decode_q(s, li, xn, y, pos);
+        return;
+    }
     /* router logits in float32: gate.weight x, the experts split among the threads (V3's
      * router is 7 MB of float32 a layer) */
 #pragma omp parallel for schedule(static) if (E >= 32)
@@ -4508,8 +4613,8 @@ int dseek_session_new_cache(const dseek_model *m, int n_ctx, int n_batch, dseek_
         s->jmlp = xcalloc(E + 1, sizeof *s->jmlp);
         s->jrow = xcalloc(E + 1, sizeof(int));
         s->jn = xcalloc(E + 1, sizeof(int));
-        s->qjobs = xcalloc(2 * (E + 1), sizeof(QJob));
-        s->qfirst = xcalloc(2 * (E + 1) + 1, sizeof(size_t));
+        s->qjobs = xcalloc(3 * (E + 1), sizeof(QJob));
+        s->qfirst = xcalloc(3 * (E + 1) + 2, sizeof(size_t));
     }
     s->topk = xcalloc(B * (k ? k : 1), sizeof(int));
     s->topw = xcalloc(B * (k ? k : 1), sizeof(float));
