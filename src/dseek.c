@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -2190,6 +2191,40 @@ static int n_threads_in_team(void) {
 #endif
 }
 
+/* A barrier for the threads of a parallel region that spin on a shared word: on a cloud
+ * machine whose cores see each other's writes about 250 ns late, OpenMP's barrier cost 1.4-1.6
+ * us and this one 0.3-0.6 (2 threads, Zen 5 VM). The last thread to arrive resets the count
+ * and moves the generation on; everyone's writes before it are seen by everyone after it
+ * (acquire-release through the count and the generation). A waiter yields its core after
+ * a while, so that more threads than cores still move on. */
+typedef struct {
+    _Atomic unsigned count;
+    char pad[64 - sizeof(unsigned)];
+    _Atomic unsigned gen;
+    char pad2[64 - sizeof(unsigned)];
+} SpinBarrier;
+
+static void spin_barrier(SpinBarrier *b, int n) {
+    const unsigned g = atomic_load_explicit(&b->gen, memory_order_relaxed);
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == (unsigned)n - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->gen, g + 1, memory_order_release);
+        return;
+    }
+    for (unsigned spins = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == g; spins++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (spins >= 1u << 14) sched_yield();
+    }
+}
+
+/* Iterations [lo, hi) of n that thread tid of nth takes in a static split. */
+static void split_range(size_t n, size_t nth, size_t tid, size_t *lo, size_t *hi) {
+    *lo = n * tid / nth;
+    *hi = n * (tid + 1) / nth;
+}
+
 void dseek_set_threads(int n) {
 #ifdef _OPENMP
     if (n <= 0) n = omp_get_num_procs();
@@ -3204,13 +3239,19 @@ static void qmatmul_jobs(const QJob *job, int n, size_t *first) {
      * that finishes first takes the back half of another's rest: this machine's two vCPUs
      * do not run at the same speed, and with equal shares the faster one waited at every
      * join (decode MoE streams 46 -> 51 GB/s, Q8_0, 2 threads) */
-    UnitRange rg[n_threads()];
+    /* the shares are set before the threads start (no barrier in the region), for the
+     * team OpenMP normally gives; a smaller team sets its own */
+    const size_t pre = (size_t)n_threads();
+    UnitRange rg[pre];
+    for (size_t i = 0; i < pre; i++) qjobs_share(rg, total, pre, i);
 #pragma omp parallel
     {
         size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
-        DS_ASSERT(nth <= sizeof rg / sizeof rg[0]);
-        qjobs_share(rg, total, nth, tid);
+        DS_ASSERT(nth <= pre);
+        if (nth != pre) {
+            qjobs_share(rg, total, nth, tid);
 #pragma omp barrier
+        }
         qjobs_steal(job, first, rg, nth, tid);
     }
 }
@@ -3450,6 +3491,7 @@ struct dseek_session {
     int *jrow, *jn;
     QJob *qjobs;              /* [3 * (E + 1)] */
     size_t *qfirst;           /* [3 * (E + 1) + 2] */
+    SpinBarrier bar;          /* for the threads of one-region steps (moe_decode_q, attend_blocks) */
     int *topk;                /* chosen experts [B, k] */
     float *topw;              /* their weights [B, k] */
     int *etok;                /* tokens routed to the expert being run [B] */
@@ -3671,25 +3713,28 @@ static void attend_blocks(dseek_session *s, const void *cache, int T, int pos) {
 #pragma omp parallel
     for (int t = 0; t < T; t++) {
         const size_t n = (size_t)(pos + t) + 1, kb = key_block(n), nb = (n + kb - 1) / kb;
+        const size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
         size_t gh = ATT_HEADS; /* heads per unit: fewer when there would be fewer units than threads */
-        while (gh > 1 && nb * ((H + gh - 1) / gh) < (size_t)n_threads_in_team()) gh /= 2;
+        while (gh > 1 && nb * ((H + gh - 1) / gh) < nth) gh /= 2;
         const size_t ng = (H + gh - 1) / gh;
-#pragma omp for schedule(static)
-        for (size_t h = 0; h < H; h++) {
+        size_t lo, hi;
+        split_range(H, nth, tid, &lo, &hi);
+        for (size_t h = lo; h < hi; h++) {
             float *q = s->qtok + h * C;
             memcpy(q, s->lat + ((size_t)t * H + h) * R, R * sizeof(float));
             memcpy(q + R, s->q + (size_t)t * H * qd + h * qd + nope, rope * sizeof(float));
             rope_apply(q + R, (int)rope, rope_at(s, pos + t));
         }
-#pragma omp for schedule(dynamic, 1)
+        spin_barrier(&s->bar, (int)nth);
+#pragma omp for schedule(dynamic, 1) nowait
         for (size_t u = 0; u < nb * ng; u++) {
             const size_t b = u / ng, h0 = u % ng * gh, nh = H - h0 < gh ? H - h0 : gh;
             const size_t j0 = b * kb, j1 = j0 + kb < n ? j0 + kb : n;
             attend_part(s, cache, s->qtok + h0 * C, (int)nh, j0, j1, s->att + (size_t)thread_id() * s->att_stride,
                         s->part + (b * H + h0) * (R + 2));
         }
-#pragma omp for schedule(static)
-        for (size_t h = 0; h < H; h++) {
+        spin_barrier(&s->bar, (int)nth);
+        for (size_t h = lo; h < hi; h++) {
             float M = -INFINITY, L = 0;
             for (size_t b = 0; b < nb; b++) {
                 const float mb = s->part[(b * H + h) * (R + 2)];
@@ -3707,6 +3752,7 @@ static void attend_blocks(dseek_session *s, const void *cache, int T, int pos) {
             QAct a = qact_rows(&rows, (size_t)t);
             qact_quantize_ld(&a, o, R, R, 1);
         }
+        if (t + 1 < T) spin_barrier(&s->bar, (int)nth); /* (the next token's queries overwrite s->qtok and s->part) */
     }
 }
 
@@ -4174,18 +4220,20 @@ static void moe_decode_q(dseek_session *s, int li, const float *xn, float *y, in
     QJob *gu = s->qjobs, *dn = s->qjobs + 2 * ne;
     size_t *fgu = s->qfirst, *fdn = s->qfirst + 2 * ne + 1, tgu = 0, tdn = 0;
     UnitRange rg1[n_threads()], rg2[n_threads()];
+    SpinBarrier *bar = &s->bar;
 #pragma omp parallel
     {
         const size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
+        size_t lo, hi;
         DS_ASSERT(nth <= sizeof rg1 / sizeof rg1[0]);
-#pragma omp for schedule(static)
-        for (size_t e = 0; e < E; e += 4) {
+        split_range((E + 3) / 4, nth, tid, &lo, &hi);
+        for (size_t e = 4 * lo; e < E && e < 4 * hi; e += 4) {
             const size_t n4 = E - e < 4 ? E - e : 4;
             prefetch_ahead(ly->router + e * D, n4 * D * sizeof(float), 1);
             dot_f32_rows(ly->router + e * D, D, n4, xn, D, s->rlogits + e);
         }
-#pragma omp single
-        {
+        spin_barrier(bar, (int)nth);
+        if (tid == 0) {
             route_token(c, s->rlogits, ly->router_bias, s->topk, s->topw);
             if (s->route_log && pos < s->route_n)
                 memcpy(s->route_log + ((size_t)li * (size_t)s->route_n + (size_t)pos) * k, s->topk, k * sizeof(int));
@@ -4214,25 +4262,28 @@ static void moe_decode_q(dseek_session *s, int li, const float *xn, float *y, in
             s->prof.experts_run += (long)k;
             tgu = qjobs_units(gu, 2 * (int)ne, fgu);
             tdn = qjobs_units(dn, (int)ne, fdn);
+            for (size_t i = 0; i < nth; i++) {
+                qjobs_share(rg1, tgu, nth, i);
+                qjobs_share(rg2, tdn, nth, i);
+            }
         }
-        qjobs_share(rg1, tgu, nth, tid);
-        qjobs_share(rg2, tdn, nth, tid);
-#pragma omp barrier
+        spin_barrier(bar, (int)nth);
         qjobs_steal(gu, fgu, rg1, nth, tid);
-#pragma omp barrier
-#pragma omp for schedule(static)
-        for (size_t j = 0; j < ne; j++) {
+        spin_barrier(bar, (int)nth);
+        split_range(ne, nth, tid, &lo, &hi);
+        for (size_t j = lo; j < hi; j++) {
             const size_t I = s->jmlp[j]->gate.rows;
             float *g = s->hg + j * Is, *u = s->hu + j * Is;
             for (size_t i = 0; i < I; i++) g[i] = silu(g[i]) * u[i];
             QAct h = dn[j].a;
             qact_quantize_ld(&h, g, Is, I, 1);
         }
+        spin_barrier(bar, (int)nth);
         qjobs_steal(dn, fdn, rg2, nth, tid);
-#pragma omp barrier
+        spin_barrier(bar, (int)nth);
         /* y = shared + sum of w * expert in increasing expert order, split over d */
-#pragma omp for schedule(static)
-        for (size_t d0 = 0; d0 < D; d0 += 256) {
+        split_range((D + 255) / 256, nth, tid, &lo, &hi);
+        for (size_t d0 = 256 * lo; d0 < D && d0 < 256 * hi; d0 += 256) {
             const size_t d1 = D - d0 < 256 ? D : d0 + 256;
             for (size_t d = d0; d < d1; d++) y[d] = c->n_shared_experts ? s->hy[d] : 0;
             for (size_t j = c->n_shared_experts ? 1 : 0; j < ne; j++) {
