@@ -3700,6 +3700,54 @@ static QAct head_act(const dseek_session *s, size_t h, size_t cols) {
     return (QAct){s->qlat.q + off, s->qlat.d + off / QK, s->qlat.s + off / QK, cp, cp / QK};
 }
 
+/* attend_blocks' work for token t, by every thread of the region it is called in (the
+ * threads wait for each other inside but not at the end). */
+static void attend_token(dseek_session *s, const void *cache, int t, int pos) {
+    const Config *c = &s->m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
+    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, qd = nope + rope, C = R + rope;
+    const size_t n = (size_t)(pos + t) + 1, kb = key_block(n), nb = (n + kb - 1) / kb;
+    const size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
+    size_t gh = ATT_HEADS; /* heads per unit: fewer when there would be fewer units than threads */
+    while (gh > 1 && nb * ((H + gh - 1) / gh) < nth) gh /= 2;
+    const size_t ng = (H + gh - 1) / gh;
+    size_t lo, hi;
+    split_range(H, nth, tid, &lo, &hi);
+    for (size_t h = lo; h < hi; h++) {
+        float *q = s->qtok + h * C;
+        memcpy(q, s->lat + ((size_t)t * H + h) * R, R * sizeof(float));
+        memcpy(q + R, s->q + (size_t)t * H * qd + h * qd + nope, rope * sizeof(float));
+        rope_apply(q + R, (int)rope, rope_at(s, pos + t));
+    }
+    spin_barrier(&s->bar, (int)nth);
+#pragma omp for schedule(dynamic, 1) nowait
+    for (size_t u = 0; u < nb * ng; u++) {
+        const size_t b = u / ng, h0 = u % ng * gh, nh = H - h0 < gh ? H - h0 : gh;
+        const size_t j0 = b * kb, j1 = j0 + kb < n ? j0 + kb : n;
+        attend_part(s, cache, s->qtok + h0 * C, (int)nh, j0, j1, s->att + (size_t)thread_id() * s->att_stride,
+                    s->part + (b * H + h0) * (R + 2));
+    }
+    spin_barrier(&s->bar, (int)nth);
+    for (size_t h = lo; h < hi; h++) {
+        float M = -INFINITY, L = 0;
+        for (size_t b = 0; b < nb; b++) {
+            const float mb = s->part[(b * H + h) * (R + 2)];
+            M = mb > M ? mb : M;
+        }
+        float *o = s->lat + ((size_t)t * H + h) * R;
+        memset(o, 0, R * sizeof(float));
+        for (size_t b = 0; b < nb; b++) {
+            const float *p = s->part + (b * H + h) * (R + 2), w = expf(p[0] - M);
+            L += w * p[1];
+            for (size_t r = 0; r < R; r++) o[r] += w * p[2 + r];
+        }
+        for (size_t r = 0; r < R; r++) o[r] /= L;
+        const QAct rows = head_act(s, h, R);
+        QAct a = qact_rows(&rows, (size_t)t);
+        qact_quantize_ld(&a, o, R, R, 1);
+    }
+}
+
 /* Absorbed attention of every head of the T tokens of a step (T small: decode, verify),
  * q_lat read from s->lat ([T, H, R]) and o_lat written back there: per token, the heads'
  * queries are roped once, every (block of keys, group of heads) runs through attend_part,
@@ -3707,52 +3755,11 @@ static QAct head_act(const dseek_session *s, size_t h, size_t cols) {
  * Each o_lat row is also quantized into its head's activations (head_act) for W_UV, in the
  * same pass instead of a parallel region of its own. */
 static void attend_blocks(dseek_session *s, const void *cache, int T, int pos) {
-    const Config *c = &s->m->c;
-    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
-    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, qd = nope + rope, C = R + rope;
 #pragma omp parallel
     for (int t = 0; t < T; t++) {
-        const size_t n = (size_t)(pos + t) + 1, kb = key_block(n), nb = (n + kb - 1) / kb;
-        const size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
-        size_t gh = ATT_HEADS; /* heads per unit: fewer when there would be fewer units than threads */
-        while (gh > 1 && nb * ((H + gh - 1) / gh) < nth) gh /= 2;
-        const size_t ng = (H + gh - 1) / gh;
-        size_t lo, hi;
-        split_range(H, nth, tid, &lo, &hi);
-        for (size_t h = lo; h < hi; h++) {
-            float *q = s->qtok + h * C;
-            memcpy(q, s->lat + ((size_t)t * H + h) * R, R * sizeof(float));
-            memcpy(q + R, s->q + (size_t)t * H * qd + h * qd + nope, rope * sizeof(float));
-            rope_apply(q + R, (int)rope, rope_at(s, pos + t));
-        }
-        spin_barrier(&s->bar, (int)nth);
-#pragma omp for schedule(dynamic, 1) nowait
-        for (size_t u = 0; u < nb * ng; u++) {
-            const size_t b = u / ng, h0 = u % ng * gh, nh = H - h0 < gh ? H - h0 : gh;
-            const size_t j0 = b * kb, j1 = j0 + kb < n ? j0 + kb : n;
-            attend_part(s, cache, s->qtok + h0 * C, (int)nh, j0, j1, s->att + (size_t)thread_id() * s->att_stride,
-                        s->part + (b * H + h0) * (R + 2));
-        }
-        spin_barrier(&s->bar, (int)nth);
-        for (size_t h = lo; h < hi; h++) {
-            float M = -INFINITY, L = 0;
-            for (size_t b = 0; b < nb; b++) {
-                const float mb = s->part[(b * H + h) * (R + 2)];
-                M = mb > M ? mb : M;
-            }
-            float *o = s->lat + ((size_t)t * H + h) * R;
-            memset(o, 0, R * sizeof(float));
-            for (size_t b = 0; b < nb; b++) {
-                const float *p = s->part + (b * H + h) * (R + 2), w = expf(p[0] - M);
-                L += w * p[1];
-                for (size_t r = 0; r < R; r++) o[r] += w * p[2 + r];
-            }
-            for (size_t r = 0; r < R; r++) o[r] /= L;
-            const QAct rows = head_act(s, h, R);
-            QAct a = qact_rows(&rows, (size_t)t);
-            qact_quantize_ld(&a, o, R, R, 1);
-        }
-        if (t + 1 < T) spin_barrier(&s->bar, (int)nth); /* (the next token's queries overwrite s->qtok and s->part) */
+        attend_token(s, cache, t, pos);
+        /* (the next token's queries overwrite s->qtok and s->part) */
+        if (t + 1 < T) spin_barrier(&s->bar, n_threads_in_team());
     }
 }
 
@@ -3971,6 +3978,92 @@ static void attend_plain_q(dseek_session *s, const Layer *ly, const float *cache
  * computed in the absorbed form over the latent cache: the cache of layer `li` gets the
  * latents c and rope keys of these tokens, then each (token, head) scores its query
  * against every cached position up to its own. */
+/* Whether one token's attention of a layer can run as mla_decode_q: every product quantized. */
+static int mla_decode_ok(const Config *c, const Layer *ly) {
+    return ly->kb_t.data && is_quant(ly->kv_a.dtype) && is_quant(ly->o_proj.dtype) &&
+           (c->q_lora_rank ? is_quant(ly->q_a.dtype) && is_quant(ly->q_b.dtype) : is_quant(ly->q_proj.dtype));
+}
+
+/* Inside a parallel region: thread 0 has filled job[0..n) (and what they read); every
+ * thread runs its share of them and then waits for the others (qmatmul_jobs' one-token
+ * split). */
+static void region_jobs(dseek_session *s, const QJob *job, int n, size_t *first, UnitRange *rg, size_t nth,
+                        size_t tid) {
+    if (tid == 0) {
+        const size_t total = qjobs_units(job, n, first);
+        for (size_t i = 0; i < nth; i++) qjobs_share(rg, total, nth, i);
+    }
+    spin_barrier(&s->bar, (int)nth);
+    qjobs_steal(job, first, rg, nth, tid);
+    spin_barrier(&s->bar, (int)nth);
+}
+
+/* One token's MLA attention over quantized weights in a single parallel region: the same
+ * steps as mla_forward with mla_heads_q and attend_blocks (queries and latent, the cache
+ * row, q_lat = W_UK^T q_nope per head, the attention, W_UV o_lat per head, o_proj), the
+ * serial steps on thread 0, a spinning barrier between steps instead of five fork-joins.
+ * The same calls per value, so the same bits. */
+static void mla_decode_q(dseek_session *s, const Layer *ly, void *cache, const float *xn, float *out, int pos) {
+    const Config *c = &s->m->c;
+    const size_t D = (size_t)c->hidden_size, H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
+    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
+    const size_t qd = nope + rope, C = R + rope, ql = (size_t)c->q_lora_rank;
+    const size_t gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0), gb_v = qgroup_bytes(ly->kb_v.dtype, R);
+    UnitRange rg[n_threads()];
+#pragma omp parallel
+    {
+        const size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
+        DS_ASSERT(nth <= sizeof rg / sizeof rg[0]);
+        /* queries (or q_a) and kv_a, one pass over x */
+        const Tensor *wq = ql ? &ly->q_a : &ly->q_proj;
+        if (tid == 0) {
+            qact_quantize(&s->sc.qa, xn, D, 1);
+            s->qjobs[0] = (QJob){wq, s->sc.qa, 1, ql ? s->qa : s->q, wq->rows};
+            s->qjobs[1] = (QJob){&ly->kv_a, s->sc.qa, 1, s->kv, ly->kv_a.rows};
+        }
+        region_jobs(s, s->qjobs, 2, s->qfirst, rg, nth, tid);
+        if (ql) {
+            if (tid == 0) {
+                rmsnorm(s->qa, s->qa, ly->q_a_norm, ql, c->rms_norm_eps);
+                qact_quantize(&s->sc.qa, s->qa, ql, 1);
+                s->qjobs[0] = (QJob){&ly->q_b, s->sc.qa, 1, s->q, ly->q_b.rows};
+            }
+            region_jobs(s, s->qjobs, 1, s->qfirst, rg, nth, tid);
+        }
+        /* the latent and the rope key to the cache; q_nope of every head into its activations */
+        if (tid == 0) {
+            float *kv = s->kv;
+            rmsnorm(kv, kv, ly->kv_a_norm, R, c->rms_norm_eps);
+            rope_apply(kv + R, (int)rope, rope_at(s, pos));
+            if (s->cache_bf16)
+                for (size_t i = 0; i < C; i++) ((uint16_t *)cache)[(size_t)pos * C + i] = f32_to_bf16(kv[i]);
+            else memcpy((float *)cache + (size_t)pos * C, kv, C * sizeof(float));
+            for (size_t h = 0; h < H; h++) {
+                QAct a = head_act(s, h, nope);
+                qact_quantize_ld(&a, s->q + h * qd, H * qd, nope, 1);
+                s->hw[h] = (Tensor){.rows = R, .cols = nope, .dtype = DT_Q8_0, .data = ly->kb_t.data + h * (R / QR) * gb_t};
+                s->hjobs[h] = (QJob){&s->hw[h], a, 1, s->lat + h * R, H * R};
+            }
+        }
+        region_jobs(s, s->hjobs, (int)H, s->hfirst, rg, nth, tid);
+        attend_token(s, cache, 0, pos);
+        if (tid == 0)
+            for (size_t h = 0; h < H; h++) {
+                s->hw[H + h] = (Tensor){.rows = vd, .cols = R, .dtype = ly->kb_v.dtype, .data = ly->kb_v.data + h * (vd / QR) * gb_v};
+                s->hjobs[h] = (QJob){&s->hw[H + h], head_act(s, h, R), 1, s->heads + h * vd, H * vd};
+            }
+        region_jobs(s, s->hjobs, (int)H, s->hfirst, rg, nth, tid);
+        if (tid == 0) {
+            qact_quantize(&s->sc.qa, s->heads, ly->o_proj.cols, 1);
+            s->qjobs[0] = (QJob){&ly->o_proj, s->sc.qa, 1, out, ly->o_proj.rows};
+            const size_t total = qjobs_units(s->qjobs, 1, s->qfirst);
+            for (size_t i = 0; i < nth; i++) qjobs_share(rg, total, nth, i);
+        }
+        spin_barrier(&s->bar, (int)nth);
+        qjobs_steal(s->qjobs, s->qfirst, rg, nth, tid); /* (the region's end waits for all) */
+    }
+}
+
 static void mla_forward(dseek_session *s, int li, const float *xn, float *out, int T, int pos) {
     const dseek_model *m = s->m;
     const Config *c = &m->c;
@@ -3979,6 +4072,10 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
     const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
     const size_t C = R + rope;
     void *cache = cache_layer(s, li);
+    if (T == 1 && mla_decode_ok(c, ly)) {
+        mla_decode_q(s, ly, cache, xn, out, pos);
+        return;
+    }
 
     /* queries: q_proj, or q_b(RMSNorm(q_a(x))) */
     /* (q_a or q_proj and kv_a read the same input: one pass when quantized) */
