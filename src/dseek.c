@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -31,7 +32,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sched.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -3856,6 +3856,27 @@ static void attend_all_sgemm(dseek_session *s, const float *cache, int T, int po
     }
 }
 
+/* Head h's W_UK job: its q_nope of T tokens quantized into its activations (head_act),
+ * q_lat = W_UK[h]^T q_nope from its kb_t rows into s->lat. */
+static void wuk_job(dseek_session *s, const Layer *ly, size_t h, int T) {
+    const Config *c = &s->m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank, nope = (size_t)c->qk_nope_head_dim;
+    const size_t qd = nope + (size_t)c->qk_rope_head_dim, gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0);
+    QAct a = head_act(s, h, nope);
+    qact_quantize_ld(&a, s->q + h * qd, H * qd, nope, T);
+    s->hw[h] = (Tensor){.rows = R, .cols = nope, .dtype = DT_Q8_0, .data = ly->kb_t.data + h * (R / QR) * gb_t};
+    s->hjobs[h] = (QJob){&s->hw[h], a, T, s->lat + h * R, H * R};
+}
+
+/* Head h's W_UV job: out[h] = W_UV[h] o_lat from its o_lat activations into s->heads. */
+static void wuv_job(dseek_session *s, const Layer *ly, size_t h, int T) {
+    const Config *c = &s->m->c;
+    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank, vd = (size_t)c->v_head_dim;
+    const size_t gb_v = qgroup_bytes(ly->kb_v.dtype, R);
+    s->hw[H + h] = (Tensor){.rows = vd, .cols = R, .dtype = ly->kb_v.dtype, .data = ly->kb_v.data + h * (vd / QR) * gb_v};
+    s->hjobs[h] = (QJob){&s->hw[H + h], head_act(s, h, R), T, s->heads + h * vd, H * vd};
+}
+
 /* The heads of a layer whose kv_b is quantized (it has kb_t), for any number of tokens:
  * q_lat = W_UK[h]^T q_nope and out[h] = W_UV[h] o_lat are products of quantized rows by
  * int8 activations, like every other matrix of a quantized model: q_nope of all heads
@@ -3863,22 +3884,11 @@ static void attend_all_sgemm(dseek_session *s, const float *cache, int T, int po
  * head) in a second, o_lat against the W_UV rows of kv_b in a third. Each token's result is
  * the same whatever the number of tokens in the step. */
 static void mla_heads_q(dseek_session *s, const Layer *ly, const void *cache, int T, int pos) {
-    const dseek_model *m = s->m;
-    const Config *c = &m->c;
-    const size_t H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
-    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
-    const size_t qd = nope + rope;
-    const size_t gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0);
-    const size_t gb_v = qgroup_bytes(ly->kb_v.dtype, R);
+    const size_t H = (size_t)s->m->c.num_attention_heads, R = (size_t)s->m->c.kv_lora_rank;
     /* q_nope of every head into its activations: in parallel only for a few tokens or more
      * (one token's 2048 values take less time than starting the threads) */
 #pragma omp parallel for schedule(static) if (T >= 4)
-    for (size_t h = 0; h < H; h++) {
-        QAct a = head_act(s, h, nope);
-        qact_quantize_ld(&a, s->q + h * qd, H * qd, nope, T);
-        s->hw[h] = (Tensor){.rows = R, .cols = nope, .dtype = DT_Q8_0, .data = ly->kb_t.data + h * (R / QR) * gb_t};
-        s->hjobs[h] = (QJob){&s->hw[h], a, T, s->lat + h * R, H * R};
-    }
+    for (size_t h = 0; h < H; h++) wuk_job(s, ly, h, T);
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
     if (T >= SGEMM_MIN_TOKENS) {
         attend_all_sgemm(s, cache_f32(s, cache, pos + T), T, pos);
@@ -3888,10 +3898,7 @@ static void mla_heads_q(dseek_session *s, const Layer *ly, const void *cache, in
             qact_quantize_ld(&a, s->lat + h * R, H * R, R, T);
         }
     } else attend_blocks(s, cache, T, pos); /* (quantizes o_lat itself) */
-    for (size_t h = 0; h < H; h++) {
-        s->hw[H + h] = (Tensor){.rows = vd, .cols = R, .dtype = ly->kb_v.dtype, .data = ly->kb_v.data + h * (vd / QR) * gb_v};
-        s->hjobs[h] = (QJob){&s->hw[H + h], head_act(s, h, R), T, s->heads + h * vd, H * vd};
-    }
+    for (size_t h = 0; h < H; h++) wuv_job(s, ly, h, T);
     qmatmul_jobs(s->hjobs, (int)H, s->hfirst);
 }
 
@@ -3974,10 +3981,18 @@ static void attend_plain_q(dseek_session *s, const Layer *ly, const float *cache
     }
 }
 
-/* Multi-head latent attention of T tokens at positions pos.. (SPEC "MLA attention"),
- * computed in the absorbed form over the latent cache: the cache of layer `li` gets the
- * latents c and rope keys of these tokens, then each (token, head) scores its query
- * against every cached position up to its own. */
+/* A token's kv_a output at position p: latent c = RMSNorm(kv[:R]) and rope key RoPE(kv[R:]),
+ * in place, then into the layer's cache row p. */
+static void latent_to_cache(dseek_session *s, const Layer *ly, void *cache, float *kv, int p) {
+    const Config *c = &s->m->c;
+    const size_t R = (size_t)c->kv_lora_rank, rope = (size_t)c->qk_rope_head_dim, C = R + rope;
+    rmsnorm(kv, kv, ly->kv_a_norm, R, c->rms_norm_eps);
+    rope_apply(kv + R, (int)rope, rope_at(s, p));
+    if (s->cache_bf16)
+        for (size_t i = 0; i < C; i++) ((uint16_t *)cache)[(size_t)p * C + i] = f32_to_bf16(kv[i]);
+    else memcpy((float *)cache + (size_t)p * C, kv, C * sizeof(float));
+}
+
 /* Whether one token's attention of a layer can run as mla_decode_q: every product quantized. */
 static int mla_decode_ok(const Config *c, const Layer *ly) {
     return ly->kb_t.data && is_quant(ly->kv_a.dtype) && is_quant(ly->o_proj.dtype) &&
@@ -4005,10 +4020,7 @@ static void region_jobs(dseek_session *s, const QJob *job, int n, size_t *first,
  * The same calls per value, so the same bits. */
 static void mla_decode_q(dseek_session *s, const Layer *ly, void *cache, const float *xn, float *out, int pos) {
     const Config *c = &s->m->c;
-    const size_t D = (size_t)c->hidden_size, H = (size_t)c->num_attention_heads, R = (size_t)c->kv_lora_rank;
-    const size_t nope = (size_t)c->qk_nope_head_dim, rope = (size_t)c->qk_rope_head_dim, vd = (size_t)c->v_head_dim;
-    const size_t qd = nope + rope, C = R + rope, ql = (size_t)c->q_lora_rank;
-    const size_t gb_t = round_up(nope, QK) / QK * qtile_bytes(DT_Q8_0), gb_v = qgroup_bytes(ly->kb_v.dtype, R);
+    const size_t D = (size_t)c->hidden_size, H = (size_t)c->num_attention_heads, ql = (size_t)c->q_lora_rank;
     UnitRange rg[n_threads()];
 #pragma omp parallel
     {
@@ -4032,38 +4044,26 @@ static void mla_decode_q(dseek_session *s, const Layer *ly, void *cache, const f
         }
         /* the latent and the rope key to the cache; q_nope of every head into its activations */
         if (tid == 0) {
-            float *kv = s->kv;
-            rmsnorm(kv, kv, ly->kv_a_norm, R, c->rms_norm_eps);
-            rope_apply(kv + R, (int)rope, rope_at(s, pos));
-            if (s->cache_bf16)
-                for (size_t i = 0; i < C; i++) ((uint16_t *)cache)[(size_t)pos * C + i] = f32_to_bf16(kv[i]);
-            else memcpy((float *)cache + (size_t)pos * C, kv, C * sizeof(float));
-            for (size_t h = 0; h < H; h++) {
-                QAct a = head_act(s, h, nope);
-                qact_quantize_ld(&a, s->q + h * qd, H * qd, nope, 1);
-                s->hw[h] = (Tensor){.rows = R, .cols = nope, .dtype = DT_Q8_0, .data = ly->kb_t.data + h * (R / QR) * gb_t};
-                s->hjobs[h] = (QJob){&s->hw[h], a, 1, s->lat + h * R, H * R};
-            }
+            latent_to_cache(s, ly, cache, s->kv, pos);
+            for (size_t h = 0; h < H; h++) wuk_job(s, ly, h, 1);
         }
         region_jobs(s, s->hjobs, (int)H, s->hfirst, rg, nth, tid);
         attend_token(s, cache, 0, pos);
         if (tid == 0)
-            for (size_t h = 0; h < H; h++) {
-                s->hw[H + h] = (Tensor){.rows = vd, .cols = R, .dtype = ly->kb_v.dtype, .data = ly->kb_v.data + h * (vd / QR) * gb_v};
-                s->hjobs[h] = (QJob){&s->hw[H + h], head_act(s, h, R), 1, s->heads + h * vd, H * vd};
-            }
+            for (size_t h = 0; h < H; h++) wuv_job(s, ly, h, 1);
         region_jobs(s, s->hjobs, (int)H, s->hfirst, rg, nth, tid);
         if (tid == 0) {
             qact_quantize(&s->sc.qa, s->heads, ly->o_proj.cols, 1);
             s->qjobs[0] = (QJob){&ly->o_proj, s->sc.qa, 1, out, ly->o_proj.rows};
-            const size_t total = qjobs_units(s->qjobs, 1, s->qfirst);
-            for (size_t i = 0; i < nth; i++) qjobs_share(rg, total, nth, i);
         }
-        spin_barrier(&s->bar, (int)nth);
-        qjobs_steal(s->qjobs, s->qfirst, rg, nth, tid); /* (the region's end waits for all) */
+        region_jobs(s, s->qjobs, 1, s->qfirst, rg, nth, tid);
     }
 }
 
+/* Multi-head latent attention of T tokens at positions pos.. (SPEC "MLA attention"),
+ * computed in the absorbed form over the latent cache: the cache of layer `li` gets the
+ * latents c and rope keys of these tokens, then each (token, head) scores its query
+ * against every cached position up to its own. */
 static void mla_forward(dseek_session *s, int li, const float *xn, float *out, int T, int pos) {
     const dseek_model *m = s->m;
     const Config *c = &m->c;
@@ -4086,15 +4086,7 @@ static void mla_forward(dseek_session *s, int li, const float *xn, float *out, i
         matmul(&s->sc, s->q, s->qa, &ly->q_b, T);
     } else matmul2(s, s->q, &ly->q_proj, s->kv, &ly->kv_a, xn, T);
 
-    /* latent c = RMSNorm(kv[:R]) and rope key RoPE(kv[R:]) go to the cache */
-    for (int t = 0; t < T; t++) {
-        float *kv = s->kv + (size_t)t * C;
-        rmsnorm(kv, kv, ly->kv_a_norm, R, c->rms_norm_eps);
-        rope_apply(kv + R, (int)rope, rope_at(s, pos + t));
-        if (s->cache_bf16)
-            for (size_t i = 0; i < C; i++) ((uint16_t *)cache)[(size_t)(pos + t) * C + i] = f32_to_bf16(kv[i]);
-        else memcpy((float *)cache + (size_t)(pos + t) * C, kv, C * sizeof(float));
-    }
+    for (int t = 0; t < T; t++) latent_to_cache(s, ly, cache, s->kv + (size_t)t * C, pos + t);
 
     /* kv_b_proj in float32: W_UK[h] is rows h*(nope+v).. of it, W_UV[h] the next v rows.
      * Many tokens: the whole matrix is converted once into s->kvb and every (token, head)
@@ -4295,6 +4287,13 @@ static void moe_experts_q(dseek_session *s, const Layer *ly, const float *xn, fl
     }
 }
 
+/* Router logits of T tokens for experts e..e+3 (fewer at the end) into s->rlogits. */
+static void router_rows(dseek_session *s, const Layer *ly, const float *xn, int T, size_t e) {
+    const size_t D = (size_t)s->m->c.hidden_size, E = (size_t)s->m->c.n_routed_experts, n4 = E - e < 4 ? E - e : 4;
+    prefetch_ahead(ly->router + e * D, n4 * D * sizeof(float), 1);
+    for (int t = 0; t < T; t++) dot_f32_rows(ly->router + e * D, D, n4, xn + t * D, D, s->rlogits + t * E + e);
+}
+
 /* Whether a MoE layer's shared expert and every routed one are quantized. */
 static int moe_all_quant(const Config *c, const Layer *ly) {
     int q = !c->n_shared_experts || mlp_is_quant(&ly->shared);
@@ -4315,21 +4314,16 @@ static void moe_decode_q(dseek_session *s, int li, const float *xn, float *y, in
     const size_t Is = s->m->moe_inter, Ip = round_up(Is, QK);
     const size_t ne = k + (c->n_shared_experts ? 1 : 0); /* experts run: the shared one first */
     QJob *gu = s->qjobs, *dn = s->qjobs + 2 * ne;
-    size_t *fgu = s->qfirst, *fdn = s->qfirst + 2 * ne + 1, tgu = 0, tdn = 0;
-    UnitRange rg1[n_threads()], rg2[n_threads()];
-    SpinBarrier *bar = &s->bar;
+    size_t *fgu = s->qfirst, *fdn = s->qfirst + 2 * ne + 1;
+    UnitRange rg[n_threads()];
 #pragma omp parallel
     {
         const size_t nth = (size_t)n_threads_in_team(), tid = (size_t)thread_id();
         size_t lo, hi;
-        DS_ASSERT(nth <= sizeof rg1 / sizeof rg1[0]);
+        DS_ASSERT(nth <= sizeof rg / sizeof rg[0]);
         split_range((E + 3) / 4, nth, tid, &lo, &hi);
-        for (size_t e = 4 * lo; e < E && e < 4 * hi; e += 4) {
-            const size_t n4 = E - e < 4 ? E - e : 4;
-            prefetch_ahead(ly->router + e * D, n4 * D * sizeof(float), 1);
-            dot_f32_rows(ly->router + e * D, D, n4, xn, D, s->rlogits + e);
-        }
-        spin_barrier(bar, (int)nth);
+        for (size_t e = 4 * lo; e < E && e < 4 * hi; e += 4) router_rows(s, ly, xn, 1, e);
+        spin_barrier(&s->bar, (int)nth);
         if (tid == 0) {
             route_token(c, s->rlogits, ly->router_bias, s->topk, s->topw);
             if (s->route_log && pos < s->route_n)
@@ -4357,16 +4351,8 @@ static void moe_decode_q(dseek_session *s, int li, const float *xn, float *y, in
                 dn[j] = (QJob){&f->down, h, 1, s->hy + j * D, D};
             }
             s->prof.experts_run += (long)k;
-            tgu = qjobs_units(gu, 2 * (int)ne, fgu);
-            tdn = qjobs_units(dn, (int)ne, fdn);
-            for (size_t i = 0; i < nth; i++) {
-                qjobs_share(rg1, tgu, nth, i);
-                qjobs_share(rg2, tdn, nth, i);
-            }
         }
-        spin_barrier(bar, (int)nth);
-        qjobs_steal(gu, fgu, rg1, nth, tid);
-        spin_barrier(bar, (int)nth);
+        region_jobs(s, gu, 2 * (int)ne, fgu, rg, nth, tid);
         split_range(ne, nth, tid, &lo, &hi);
         for (size_t j = lo; j < hi; j++) {
             const size_t I = s->jmlp[j]->gate.rows;
@@ -4375,9 +4361,7 @@ static void moe_decode_q(dseek_session *s, int li, const float *xn, float *y, in
             QAct h = dn[j].a;
             qact_quantize_ld(&h, g, Is, I, 1);
         }
-        spin_barrier(bar, (int)nth);
-        qjobs_steal(dn, fdn, rg2, nth, tid);
-        spin_barrier(bar, (int)nth);
+        region_jobs(s, dn, (int)ne, fdn, rg, nth, tid);
         /* y = shared + sum of w * expert in increasing expert order, split over d */
         split_range((D + 255) / 256, nth, tid, &lo, &hi);
         for (size_t d0 = 256 * lo; d0 < D && d0 < 256 * hi; d0 += 256) {
@@ -4404,11 +4388,7 @@ static void moe_forward(dseek_session *s, int li, const float *xn, float *y, int
     /* router logits in float32: gate.weight x, the experts split among the threads (V3's
      * router is 7 MB of float32 a layer) */
 #pragma omp parallel for schedule(static) if (E >= 32)
-    for (size_t e = 0; e < E; e += 4) {
-        const size_t ne = E - e < 4 ? E - e : 4;
-        prefetch_ahead(ly->router + e * D, ne * D * sizeof(float), 1);
-        for (int t = 0; t < T; t++) dot_f32_rows(ly->router + e * D, D, ne, xn + t * D, D, s->rlogits + t * E + e);
-    }
+    for (size_t e = 0; e < E; e += 4) router_rows(s, ly, xn, T, e);
     for (int t = 0; t < T; t++) route_token(c, s->rlogits + t * E, ly->router_bias, s->topk + t * k, s->topw + t * k);
     if (s->route_log && pos + T <= s->route_n)
         memcpy(s->route_log + ((size_t)li * (size_t)s->route_n + (size_t)pos) * k, s->topk, (size_t)T * k * sizeof(int));
