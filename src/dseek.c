@@ -2633,15 +2633,30 @@ static inline __attribute__((always_inline)) AVX512_TARGET __m128i lane128(__m51
     }
 }
 
-/* Sub-block j's steps d * sc and offsets dmin * m, 16 rows, from the unpacked bytes. Taken
- * from the registers: through a stack buffer (64-byte stores, 16-byte loads) the one-token
- * kernel ran 16-20% slower (Zen 5, one thread, from L2). */
+/* Sub-block j's steps d * sc and offsets dmin * m, 16 rows, from the widened scales and
+ * mins (sc, mm: 16 int32 lanes). */
 static inline __attribute__((always_inline)) AVX512_TARGET void
-q4k_scales_avx512(const __m512i scm[4], int j, __m512 d, __m512 dmin, __m512 *ds, __m512 *dm) {
-    __m512i sc = _mm512_cvtepu8_epi32(lane128(scm[j / 4], j % 4));
-    __m512i mm = _mm512_cvtepu8_epi32(lane128(scm[2 + j / 4], j % 4));
+q4k_steps_avx512(__m512i sc, __m512i mm, __m512 d, __m512 dmin, __m512 *ds, __m512 *dm) {
     *ds = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
     *dm = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mm));
+}
+
+/* The same from the unpacked bytes in registers (the one-group kernel: through a stack
+ * buffer, 64-byte stores read back 16 bytes at a time, its one-token pass ran 16-20%
+ * slower, Zen 5, one thread, from L2) ... */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_scales_avx512(const __m512i scm[4], int j, __m512 d, __m512 dmin, __m512 *ds, __m512 *dm) {
+    q4k_steps_avx512(_mm512_cvtepu8_epi32(lane128(scm[j / 4], j % 4)), _mm512_cvtepu8_epi32(lane128(scm[2 + j / 4], j % 4)),
+                     d, dmin, ds, dm);
+}
+
+/* ... or stored as bytes, sub-block j's at byte 16 (j % 4) of scm[j / 4] and scm[2 + j / 4]
+ * (the pair kernel: with two tiles' scales held in registers as well, its four-token pass
+ * ran out of registers and prefill lost 13%) */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_scales_mem_avx512(const uint8_t (*scm)[64], int j, __m512 d, __m512 dmin, __m512 *ds, __m512 *dm) {
+    q4k_steps_avx512(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[j / 4] + 16 * (j % 4)))),
+                     _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(scm[2 + j / 4] + 16 * (j % 4)))), d, dmin, ds, dm);
 }
 
 /* Q4_K with VNNI: per tile, the 6-bit scales and mins of all 8 sub-blocks are unpacked to
@@ -2813,16 +2828,21 @@ q4k_pair_avx512_n(const uint8_t *w, size_t gb, size_t nb, const QAct *a, int t0,
         const __m512 d1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)tl1));
         const __m512 dmin1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(tl1 + 32)));
         const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
-        __m512i scm0[4], scm1[4];
-        q4k_unpack_avx512(tl0, scm0);
-        q4k_unpack_avx512(tl1, scm1);
-#pragma GCC unroll 8
-        for (int j = 0; j < QKS; j++) {
-            if (j == ns) break;
+        uint8_t scm0[4][64] __attribute__((aligned(64))), scm1[4][64] __attribute__((aligned(64)));
+        {
+            __m512i r0[4], r1[4];
+            q4k_unpack_avx512(tl0, r0);
+            q4k_unpack_avx512(tl1, r1);
+            for (int i = 0; i < 4; i++) {
+                _mm512_store_si512(scm0[i], r0[i]);
+                _mm512_store_si512(scm1[i], r1[i]);
+            }
+        }
+        for (int j = 0; j < ns; j++) {
             const size_t b = b0 + (size_t)j;
             __m512 ds0, dm0, ds1, dm1;
-            q4k_scales_avx512(scm0, j, d0, dmin0, &ds0, &dm0);
-            q4k_scales_avx512(scm1, j, d1, dmin1, &ds1, &dm1);
+            q4k_scales_mem_avx512((const uint8_t(*)[64])scm0, j, d0, dmin0, &ds0, &dm0);
+            q4k_scales_mem_avx512((const uint8_t(*)[64])scm1, j, d1, dmin1, &ds1, &dm1);
             const uint8_t *p0 = tl0 + 256 + 256 * j, *p1 = tl1 + 256 + 256 * j;
             /* one accumulator per group and token (high nibbles shifted down: 8 independent
              * chains hide vpdpbusd's latency, and 32 registers hold it all) */
@@ -2949,11 +2969,6 @@ qgroup_avx2_n(const uint8_t *w, size_t nb, int dt, const QAct *a, int t0, const 
     }
 }
 
-/* 128-bit half i of v (i a constant once the caller's loop is unrolled) */
-static inline __attribute__((always_inline)) AVX2_TARGET __m128i lane128_avx2(__m256i v, int i) {
-    return i ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
-}
-
 /* Q4_K with AVX2: the quants as Q4_0's (0..15 through vpmaddubsw), the scales and mins
  * unpacked as in q4k_avx512_n and widened 8 rows at a time. */
 static inline __attribute__((always_inline)) AVX2_TARGET void
@@ -2978,27 +2993,26 @@ q4k_avx2_n(const uint8_t *w, size_t nb, const QAct *a, int t0, const int NT, flo
             dmin[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(tl + 32 + 16 * h)));
         }
         const int ns = nb - b0 < QKS ? (int)(nb - b0) : QKS;
-        /* the tile's scales and mins as bytes, as in q4k_avx512_n, in registers: byte
-         * 16 (j % 4) + r of the 64 of scm[..][0..1] for sub-block j, row r */
-        __m256i scm[4][2];
-        for (int i = 0; i < 2; i++) {
-            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(tl + 64 + 32 * i));
-            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(tl + 128 + 32 * i));
-            const __m256i hb = _mm256_loadu_si256((const __m256i *)(tl + 192 + 32 * i)), b45 = _mm256_set1_epi8(0x30);
-            scm[0][i] = _mm256_or_si256(_mm256_and_si256(a0, lo4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), b45));
-            scm[1][i] = _mm256_or_si256(_mm256_and_si256(a1, lo4), _mm256_and_si256(hb, b45));
-            scm[2][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a0, 4), lo4), _mm256_and_si256(_mm256_slli_epi16(hb, 2), b45));
-            scm[3][i] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a1, 4), lo4), _mm256_and_si256(_mm256_srli_epi16(hb, 2), b45));
+        /* the tile's scales and mins as bytes, as in q4k_avx512_n */
+        uint8_t scm[4][64] __attribute__((aligned(32)));
+        for (int i = 0; i < 64; i += 32) {
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(tl + 64 + i));
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(tl + 128 + i));
+            const __m256i hb = _mm256_loadu_si256((const __m256i *)(tl + 192 + i)), b45 = _mm256_set1_epi8(0x30);
+            _mm256_store_si256((__m256i *)(scm[0] + i),
+                               _mm256_or_si256(_mm256_and_si256(a0, lo4), _mm256_and_si256(_mm256_slli_epi16(hb, 4), b45)));
+            _mm256_store_si256((__m256i *)(scm[1] + i), _mm256_or_si256(_mm256_and_si256(a1, lo4), _mm256_and_si256(hb, b45)));
+            _mm256_store_si256((__m256i *)(scm[2] + i), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a0, 4), lo4),
+                                                                        _mm256_and_si256(_mm256_slli_epi16(hb, 2), b45)));
+            _mm256_store_si256((__m256i *)(scm[3] + i), _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(a1, 4), lo4),
+                                                                        _mm256_and_si256(_mm256_srli_epi16(hb, 2), b45)));
         }
-#pragma GCC unroll 8
-        for (int j = 0; j < QKS; j++) {
-            if (j == ns) break;
+        for (int j = 0; j < ns; j++) {
             const size_t b = b0 + (size_t)j;
             __m256 ds[2], dm[2];
-            const __m128i s16 = lane128_avx2(scm[j / 4][j % 4 / 2], j % 2), m16 = lane128_avx2(scm[2 + j / 4][j % 4 / 2], j % 2);
             for (int h = 0; h < 2; h++) {
-                __m256i sc = _mm256_cvtepu8_epi32(h ? _mm_unpackhi_epi64(s16, s16) : s16);
-                __m256i mm = _mm256_cvtepu8_epi32(h ? _mm_unpackhi_epi64(m16, m16) : m16);
+                __m256i sc = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(scm[j / 4] + 16 * (j % 4) + 8 * h)));
+                __m256i mm = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(scm[2 + j / 4] + 16 * (j % 4) + 8 * h)));
                 ds[h] = _mm256_mul_ps(d[h], _mm256_cvtepi32_ps(sc));
                 dm[h] = _mm256_mul_ps(dmin[h], _mm256_cvtepi32_ps(mm));
             }
